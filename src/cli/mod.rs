@@ -1,0 +1,51 @@
+//! The `gapmeter` command line: one binary, one subcommand per job.
+
+mod models;
+mod score;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Measures the domain gap between image datasets (FID, KID, ...).
+#[derive(Debug, Parser)]
+#[command(name = "gapmeter", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score SOURCE against TARGET: image folders, .npy features or .npz statistics.
+    Score(score::ScoreArgs),
+    /// List and inspect feature extractors.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// Parses the command line, runs the command and maps errors to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Score(args) => score::run(args),
+        Command::Models(cmd) => models::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GAPMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,206 @@
+//! A loaded TorchScript extractor: input normalisation, forward pass, named outputs.
+use anyhow::{bail, Context};
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use super::{DeviceSpec, InputRange, Manifest};
+use crate::imaging::Prepared;
+use crate::util::torch_err;
+
+/// A model loaded once on one device, its outputs checked against the manifest.
+pub struct Extractor {
+    manifest: Manifest,
+    module: CModule,
+    device: Device,
+    /// Per output, its shape without the batch dimension, as seen on the warm-up batch.
+    shapes: Vec<Vec<i64>>,
+}
+
+/// One batch's outputs, by manifest name, on the CPU.
+pub struct ExtractedBatch {
+    outputs: Vec<(String, Tensor)>,
+}
+
+impl ExtractedBatch {
+    /// The output called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The output called `name` as float64 rows (batch × features), trailing 1-dims flattened.
+    pub fn rows(&self, name: &str) -> anyhow::Result<ndarray::Array2<f64>> {
+        let t = self
+            .get(name)
+            .with_context(|| format!("no output named {name:?}"))?;
+        let n = t.size()[0];
+        let flat = t.f_to_kind(Kind::Double)?.f_contiguous()?.f_view([n, -1])?;
+        let d = flat.size()[1];
+        let data = Vec::<f64>::try_from(&flat.f_view([-1])?)?;
+        Ok(ndarray::Array2::from_shape_vec(
+            (n as usize, d as usize),
+            data,
+        )?)
+    }
+}
+
+impl Extractor {
+    /// Loads the model named by `manifest` on `device`: checks the sha256, runs a warm-up batch and
+    /// checks that the outputs are what the manifest says.
+    #[tracing::instrument(skip_all, fields(id = %manifest.id, device = %device))]
+    pub fn load(manifest: Manifest, device: DeviceSpec) -> anyhow::Result<Self> {
+        let bytes = manifest.verified_model_bytes()?;
+        let dev = device.to_device()?;
+        let path = manifest.model_path();
+        let mut module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), dev)
+            .map_err(torch_err)
+            .with_context(|| format!("{}: not a loadable TorchScript module", path.display()))?;
+        module.set_eval();
+        let mut extractor = Self {
+            manifest,
+            module,
+            device: dev,
+            shapes: Vec::new(),
+        };
+        extractor.shapes = extractor.warm_up()?;
+        Ok(extractor)
+    }
+
+    fn warm_up(&self) -> anyhow::Result<Vec<Vec<i64>>> {
+        let m = &self.manifest;
+        let (h, w) = m.input_size.height_width();
+        let path = m.model_path();
+        let input = Tensor::f_zeros([2, 3, h as i64, w as i64], (Kind::Float, self.device))?;
+        let outputs = self.forward(input).with_context(|| {
+            format!(
+                "{}: the model failed on a warm-up batch of 2×3×{h}×{w} (input_size in {}); \
+                 does the manifest give the size the model expects?",
+                path.display(),
+                m.path.display()
+            )
+        })?;
+        if outputs.len() != m.outputs.len() {
+            bail!(
+                "{}: the model returns {} output(s) but the manifest {} names {} ({:?})",
+                path.display(),
+                outputs.len(),
+                m.path.display(),
+                m.outputs.len(),
+                m.outputs
+            );
+        }
+        let mut shapes = Vec::new();
+        for (name, t) in m.outputs.iter().zip(&outputs) {
+            let size = t.size();
+            if size.first() != Some(&2) {
+                bail!(
+                    "{}: output {name:?} has shape {size:?}; every output must have the batch as its first dimension",
+                    path.display()
+                );
+            }
+            shapes.push(size[1..].to_vec());
+        }
+        let feat = m.feature_output();
+        let idx = m.outputs.iter().position(|o| o == feat).unwrap_or(0);
+        if shapes[idx].iter().skip(1).any(|&s| s != 1) || shapes[idx].is_empty() {
+            bail!(
+                "{}: the feature output {feat:?} has per-image shape {:?}; content metrics need a vector per image",
+                path.display(),
+                shapes[idx]
+            );
+        }
+        Ok(shapes)
+    }
+
+    fn forward(&self, input: Tensor) -> anyhow::Result<Vec<Tensor>> {
+        let out =
+            tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(torch_err)?;
+        let tensors = match out {
+            IValue::Tensor(t) => vec![t],
+            IValue::Tuple(items) | IValue::GenericList(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    IValue::Tensor(t) => Ok(t),
+                    other => bail!("the model returned a non-tensor in its tuple: {other:?}"),
+                })
+                .collect::<anyhow::Result<_>>()?,
+            IValue::TensorList(ts) => ts,
+            other => bail!("the model returned neither a tensor nor a tuple of tensors: {other:?}"),
+        };
+        Ok(tensors)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Names and per-image shapes of the outputs.
+    pub fn output_shapes(&self) -> impl Iterator<Item = (&str, &[i64])> {
+        self.manifest
+            .outputs
+            .iter()
+            .map(String::as_str)
+            .zip(self.shapes.iter().map(Vec::as_slice))
+    }
+
+    /// Dimension of the content feature vector.
+    pub fn feature_dim(&self) -> usize {
+        let feat = self.manifest.feature_output();
+        self.output_shapes()
+            .find(|(n, _)| *n == feat)
+            .map(|(_, s)| s.iter().product::<i64>() as usize)
+            .unwrap_or(0)
+    }
+
+    /// Normalises a batch of prepared images as the manifest says and runs the model.
+    pub fn run(&self, batch: &[Prepared]) -> anyhow::Result<ExtractedBatch> {
+        let m = &self.manifest;
+        let (h, w) = m.input_size.height_width();
+        let Some(first) = batch.first() else {
+            bail!("empty batch");
+        };
+        if batch
+            .iter()
+            .any(|p| p.height != h || p.width != w || p.scale != first.scale)
+        {
+            bail!("batch images must all be prepared at {h}×{w} with one scale");
+        }
+        let mut data = Vec::with_capacity(batch.len() * 3 * h * w);
+        for p in batch {
+            data.extend_from_slice(&p.data);
+        }
+        let x = Tensor::from_slice(&data).f_view([batch.len() as i64, 3, h as i64, w as i64])?;
+        let x = normalise(x, first.scale, m)?.f_to_device(self.device)?;
+        let outputs = self.forward(x)?;
+        let outputs = m
+            .outputs
+            .iter()
+            .cloned()
+            .zip(outputs.into_iter().map(|t| t.to_device(Device::Cpu)))
+            .collect();
+        Ok(ExtractedBatch { outputs })
+    }
+}
+
+/// Maps values on `scale` (255 or 1) to the manifest's range, then applies mean/std.
+fn normalise(x: Tensor, scale: f32, m: &Manifest) -> anyhow::Result<Tensor> {
+    // Written as the references write it: pytorch-fid computes 2·x − 1 on [0, 1] values.
+    let unit = |x: Tensor| -> anyhow::Result<Tensor> {
+        Ok(if scale == 1.0 {
+            x
+        } else {
+            x.f_div_scalar(scale as f64)?
+        })
+    };
+    let mut x = match m.input_range {
+        InputRange::Byte if scale == 255.0 => x,
+        InputRange::Byte => x.f_mul_scalar(255.0 / scale as f64)?,
+        InputRange::Unit => unit(x)?,
+        InputRange::Symmetric => unit(x)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?,
+    };
+    if let Some(mean) = m.mean {
+        x = x.f_sub(&Tensor::from_slice(&mean).f_view([1, 3, 1, 1])?)?;
+    }
+    if let Some(std) = m.std {
+        x = x.f_div(&Tensor::from_slice(&std).f_view([1, 3, 1, 1])?)?;
+    }
+    Ok(x)
+}

@@ -1,0 +1,42 @@
+//! Pure math on features and statistics: no I/O, no models. Every metric takes features (rows are
+//! images) or sufficient statistics and returns numbers, computed in float64.
+//!
+//! Dense linear algebra runs on libtorch's CPU kernels (LAPACK/BLAS), which gapmeter links anyway.
+
+mod fid;
+mod kid;
+mod linalg;
+pub mod rng;
+mod stats;
+
+pub use fid::{fid_from_features, fid_from_gaussians, Fid};
+pub use kid::{kid, Kid, KidParams};
+pub use stats::{FeatureStats, Gaussian};
+
+/// A feature matrix: one row per image, one column per feature dimension.
+pub type Features = ndarray::Array2<f64>;
+
+/// Errors a metric reports for input it cannot score.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    #[error("{metric} needs at least {needed} samples per set, got {got}")]
+    TooFewSamples {
+        metric: &'static str,
+        needed: usize,
+        got: usize,
+    },
+    #[error("feature dimensions differ: {0} vs {1}")]
+    DimensionMismatch(usize, usize),
+    #[error("features contain a non-finite value (NaN or infinity)")]
+    NonFinite,
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error("linear algebra failed: {0}")]
+    Linalg(String),
+}
+
+impl From<tch::TchError> for MetricError {
+    fn from(e: tch::TchError) -> Self {
+        MetricError::Linalg(crate::util::torch_message(&e))
+    }
+}

@@ -1,0 +1,140 @@
+//! Turning an image folder into a feature matrix: decode and resize on a CPU pool, a batch at a
+//! time, then the model.
+use std::path::Path;
+
+use anyhow::bail;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::features::Extractor;
+use crate::imaging::{self, Prepared, ResizeMode};
+use crate::ingest::list_images;
+use crate::metrics::Features;
+
+/// An image left out of a set, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// A folder's features and what went into them.
+pub struct ExtractedSet {
+    pub features: Features,
+    /// Paths of the rows of `features`, in order.
+    pub paths: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    /// blake3 over the sorted per-image blake3 hashes (DESIGN §5's dataset hash).
+    pub content_hash: String,
+}
+
+/// Extracts the content features of every image under `dir`. Unreadable images are skipped and
+/// reported, or fail the call when `strict`; a folder with no usable image is an error.
+pub fn extract_folder(
+    dir: &Path,
+    extractor: &Extractor,
+    batch_size: usize,
+    strict: bool,
+    progress: bool,
+) -> anyhow::Result<ExtractedSet> {
+    let paths = list_images(dir)?;
+    if paths.is_empty() {
+        bail!(
+            "no images (jpg, png, webp, gif, bmp, tiff) found under {}",
+            dir.display()
+        );
+    }
+    let manifest = extractor.manifest();
+    let (h, w) = manifest.input_size.height_width();
+    let feature_name = manifest.feature_output().to_string();
+    let bar = progress_bar(progress, paths.len() as u64, &dir.display().to_string());
+
+    let mut rows: Vec<f64> = Vec::new();
+    let mut kept = Vec::new();
+    let mut hashes = Vec::new();
+    let mut skipped = Vec::new();
+    let mut dim = extractor.feature_dim();
+    for chunk in paths.chunks(batch_size.max(1)) {
+        // Order is kept: rayon's collect preserves the chunk's order.
+        let prepared: Vec<Result<(blake3::Hash, Prepared), String>> = chunk
+            .par_iter()
+            .map(|p| load_one(p, h, w, manifest.resize))
+            .collect();
+        let mut batch = Vec::with_capacity(chunk.len());
+        for (p, result) in chunk.iter().zip(prepared) {
+            let path = p.display().to_string();
+            match result {
+                Ok((hash, p)) => {
+                    hashes.push(hash);
+                    kept.push(path);
+                    batch.push(p);
+                }
+                Err(reason) if strict => bail!("{path}: {reason} (--strict)"),
+                Err(reason) => skipped.push(Skipped { path, reason }),
+            }
+        }
+        if !batch.is_empty() {
+            let out = extractor.run(&batch)?;
+            let f = out.rows(&feature_name)?;
+            dim = f.ncols();
+            rows.extend(f.iter());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if kept.is_empty() {
+        bail!(
+            "none of the {} images under {} could be read",
+            paths.len(),
+            dir.display()
+        );
+    }
+    let features = Features::from_shape_vec((kept.len(), dim), rows)?;
+    Ok(ExtractedSet {
+        features,
+        paths: kept,
+        skipped,
+        content_hash: dataset_hash(&mut hashes),
+    })
+}
+
+/// Reads, hashes, decodes and resizes one image; the error is the reason shown to the user.
+fn load_one(
+    path: &Path,
+    h: usize,
+    w: usize,
+    mode: ResizeMode,
+) -> Result<(blake3::Hash, Prepared), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let hash = blake3::hash(&bytes);
+    let img = imaging::decode_rgb(&bytes).map_err(|e| e.to_string())?;
+    let prepared = imaging::prepare(&img, h, w, mode).map_err(|e| e.to_string())?;
+    Ok((hash, prepared))
+}
+
+/// The dataset content hash: blake3 over the sorted 32-byte image hashes.
+pub fn dataset_hash(hashes: &mut [blake3::Hash]) -> String {
+    hashes.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut h = blake3::Hasher::new();
+    for x in hashes.iter() {
+        h.update(x.as_bytes());
+    }
+    format!("blake3:{}", h.finalize().to_hex())
+}
+
+fn progress_bar(enabled: bool, len: u64, label: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("extracting {label}"));
+    bar
+}

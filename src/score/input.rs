@@ -1,0 +1,219 @@
+//! The two sides of a score: an image folder, an `.npy` of features or an `.npz` of statistics.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ndarray::{Array1, Array2};
+use ndarray_npy::{NpzReader, ReadNpyExt};
+use serde::Serialize;
+
+use super::extract::{extract_folder, Skipped};
+use super::ScoreOptions;
+use crate::features::Extractor;
+use crate::metrics::{FeatureStats, Features, Gaussian};
+
+/// What an input path holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputKind {
+    Folder(PathBuf),
+    Features(PathBuf),
+    Statistics(PathBuf),
+}
+
+impl InputKind {
+    pub fn detect(arg: &str) -> anyhow::Result<Self> {
+        let path = PathBuf::from(arg);
+        if path.is_dir() {
+            return Ok(InputKind::Folder(path));
+        }
+        if !path.exists() {
+            bail!("{arg}: no such file or folder");
+        }
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("npy") => Ok(InputKind::Features(path)),
+            Some("npz") => Ok(InputKind::Statistics(path)),
+            _ => bail!("{arg}: expected an image folder, an .npy of features (N×d) or an .npz with mu and sigma"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            InputKind::Folder(_) => "images",
+            InputKind::Features(_) => "features",
+            InputKind::Statistics(_) => "statistics",
+        }
+    }
+}
+
+/// Where a set came from, recorded with every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetProvenance {
+    pub path: String,
+    pub kind: &'static str,
+    /// blake3 over the sorted blake3 hashes of the images, or over the file's bytes for
+    /// `.npy`/`.npz` inputs.
+    pub content_hash: String,
+    /// Samples used (None for statistics files, which do not record it).
+    pub count: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+/// A set ready for metrics: features when available, always a Gaussian summary.
+pub struct LoadedSet {
+    pub provenance: SetProvenance,
+    features: Option<Features>,
+    gaussian: Option<Gaussian>,
+    dim: usize,
+    warnings: Vec<String>,
+}
+
+impl LoadedSet {
+    pub fn load(
+        role: &str,
+        arg: &str,
+        kind: &InputKind,
+        extractor: Option<&Extractor>,
+        opts: &ScoreOptions,
+    ) -> anyhow::Result<Self> {
+        let mut warnings = Vec::new();
+        let (features, gaussian, content_hash, skipped) = match kind {
+            InputKind::Folder(dir) => {
+                let extractor = extractor.context("an image folder needs an extractor")?;
+                let set =
+                    extract_folder(dir, extractor, opts.batch_size, opts.strict, opts.progress)
+                        .with_context(|| format!("{role} {arg}"))?;
+                for s in &set.skipped {
+                    warnings.push(format!("{role}: skipped {}: {}", s.path, s.reason));
+                }
+                (Some(set.features), None, set.content_hash, set.skipped)
+            }
+            InputKind::Features(path) => {
+                let f = read_features(path)?;
+                (Some(f), None, file_hash(path)?, Vec::new())
+            }
+            InputKind::Statistics(path) => (
+                None,
+                Some(read_statistics(path)?),
+                file_hash(path)?,
+                Vec::new(),
+            ),
+        };
+        let (dim, count) = match (&features, &gaussian) {
+            (Some(f), _) => (f.ncols(), Some(f.nrows())),
+            (None, Some(g)) => (g.mean.len(), None),
+            (None, None) => unreachable!("every input kind yields features or statistics"),
+        };
+        if count == Some(0) {
+            bail!("{role} {arg} is empty: no samples to score");
+        }
+        Ok(Self {
+            provenance: SetProvenance {
+                path: arg.to_string(),
+                kind: kind.name(),
+                content_hash,
+                count,
+                skipped,
+            },
+            features,
+            gaussian,
+            dim,
+            warnings,
+        })
+    }
+
+    pub fn features(&self) -> Option<&Features> {
+        self.features.as_ref()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn count(&self) -> Option<usize> {
+        self.provenance.count
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Mean and covariance (from the features when there are any).
+    pub fn gaussian(&self) -> anyhow::Result<Gaussian> {
+        if let Some(g) = &self.gaussian {
+            return Ok(g.clone());
+        }
+        let f = self.features.as_ref().context("no features")?;
+        Ok(FeatureStats::from_features(f.view())?.gaussian())
+    }
+}
+
+fn file_hash(path: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+}
+
+/// An N×d float32 or float64 `.npy`, as float64.
+pub fn read_features(path: &Path) -> anyhow::Result<Features> {
+    let open = || std::fs::File::open(path).with_context(|| format!("opening {}", path.display()));
+    let f = match Array2::<f64>::read_npy(open()?) {
+        Ok(a) => a,
+        Err(_) => Array2::<f32>::read_npy(open()?)
+            .map(|a| a.mapv(f64::from))
+            .with_context(|| {
+                format!(
+                    "{}: expected a 2-D float32 or float64 array (N×d)",
+                    path.display()
+                )
+            })?,
+    };
+    if f.iter().any(|v| !v.is_finite()) {
+        bail!("{}: features contain NaN or infinity", path.display());
+    }
+    Ok(f)
+}
+
+/// `mu` (d) and `sigma` (d×d) from a pytorch-fid / clean-fid `.npz`.
+pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut npz =
+        NpzReader::new(file).with_context(|| format!("{}: not an .npz archive", path.display()))?;
+    let ctx = |what: &str| {
+        format!(
+            "{}: expected `{what}` as a float32/float64 array",
+            path.display()
+        )
+    };
+    let mu: Array1<f64> = match npz.by_name::<_, ndarray::Ix1>("mu") {
+        Ok(a) => a,
+        Err(_) => npz
+            .by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix1>("mu")
+            .map(|a| a.mapv(f64::from))
+            .with_context(|| ctx("mu"))?,
+    };
+    let sigma: Array2<f64> = match npz.by_name::<_, ndarray::Ix2>("sigma") {
+        Ok(a) => a,
+        Err(_) => npz
+            .by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix2>("sigma")
+            .map(|a| a.mapv(f64::from))
+            .with_context(|| ctx("sigma"))?,
+    };
+    let d = mu.len();
+    if sigma.dim() != (d, d) {
+        bail!(
+            "{}: sigma is {:?} but mu has {d} entries",
+            path.display(),
+            sigma.dim()
+        );
+    }
+    let g = Gaussian {
+        mean: mu.to_vec(),
+        cov: sigma.as_standard_layout().iter().copied().collect(),
+        n: None,
+    };
+    g.validate().with_context(|| path.display().to_string())?;
+    Ok(g)
+}

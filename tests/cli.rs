@@ -1,0 +1,367 @@
+//! `gapmeter score` end to end: the binary, real files, real TorchScript models.
+mod common;
+
+use common::{
+    assert_rel, copy_dir, gapmeter, gapmeter_json, reference, reference_json, root, stderr,
+};
+
+fn value(v: &serde_json::Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+#[test]
+fn help_and_version() {
+    let out = gapmeter(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = gapmeter(&["score", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--extractor",
+        "--metrics",
+        "--format",
+        "--batch-size",
+        "--device",
+        "--seed",
+        "--kid-subsets",
+        "--kid-subset-size",
+        "--strict",
+    ] {
+        assert!(help.contains(flag), "score --help lacks {flag}");
+    }
+}
+
+#[test]
+fn examples_a_vs_b_with_the_default_inception() {
+    // The default extractor (FID Inception; here its untrained twin) on the bundled examples.
+    let v = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "--format",
+        "json",
+        "--no-progress",
+    ]);
+    let fid = value(&v, "metrics.fid.value");
+    let kid = value(&v, "metrics.kid.mean");
+    assert!(fid.is_finite() && fid > 0.0, "{fid}");
+    assert!(kid.is_finite());
+    assert!(value(&v, "metrics.kid.std").is_finite());
+    assert_eq!(v["extractor"]["id"], "inception-v3-fid-untrained");
+    assert_eq!(v["extractor"]["dim"], 2048);
+    assert_eq!(v["source"]["count"], 24);
+    assert_eq!(v["target"]["count"], 24);
+    assert!(v["source"]["content_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("blake3:"));
+    assert_eq!(v["software"]["name"], "gapmeter");
+    assert_eq!(v["parameters"]["kid"]["seed"], 2020);
+    let warnings = v["warnings"].to_string();
+    assert!(warnings.contains("untrained"), "{warnings}");
+}
+
+#[test]
+fn a_set_against_itself_scores_zero() {
+    let v = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/A",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+    ]);
+    let fid = value(&v, "metrics.fid.value");
+    assert!(fid.abs() < 1e-6, "FID(A, A) = {fid}");
+    assert_eq!(v["source"]["content_hash"], v["target"]["content_hash"]);
+}
+
+#[test]
+fn domains_differ_more_than_halves_of_one_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = (dir.path().join("a1"), dir.path().join("a2"));
+    std::fs::create_dir_all(&a1).unwrap();
+    std::fs::create_dir_all(&a2).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root().join("examples/A"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate() {
+        let to = if i % 2 == 0 { &a1 } else { &a2 };
+        std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+    }
+    // The FID Inception architecture (untrained) separates the two domains; the tiny CNN's
+    // features are dominated by mean colour, which varies more within A than between A and B.
+    let args = [
+        "--format",
+        "json",
+        "-x",
+        "inception-v3-fid-untrained",
+        "--no-progress",
+    ];
+    let within = gapmeter_json(
+        &[
+            &["score", a1.to_str().unwrap(), a2.to_str().unwrap()],
+            &args[..],
+        ]
+        .concat(),
+    );
+    let across =
+        gapmeter_json(&[&["score", a1.to_str().unwrap(), "examples/B"], &args[..]].concat());
+    let (fw, fa) = (
+        value(&within, "metrics.fid.value"),
+        value(&across, "metrics.fid.value"),
+    );
+    let (kw, ka) = (
+        value(&within, "metrics.kid.mean"),
+        value(&across, "metrics.kid.mean"),
+    );
+    assert!(fa > 1.5 * fw, "FID within A {fw}, A to B {fa}");
+    assert!(ka > kw + 0.05, "KID within A {kw}, A to B {ka}");
+}
+
+#[test]
+fn npy_features_match_pytorch_fid_and_torch_fidelity() {
+    let r = reference_json();
+    let (s, t) = (reference("source_1000.npy"), reference("target_1000.npy"));
+    let v = gapmeter_json(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metrics",
+        "fid,kid",
+        "--format",
+        "json",
+        "--kid-subsets",
+        "1",
+        "--kid-subset-size",
+        "1000",
+    ]);
+    assert!(v["extractor"].is_null());
+    assert_eq!(v["source"]["kind"], "features");
+    assert_rel(
+        value(&v, "metrics.kid.mean"),
+        r["kid_full_subset"]["mean"].as_f64().unwrap(),
+        1e-7,
+        "KID via CLI",
+    );
+
+    let (s, t) = (reference("source.npy"), reference("target.npy"));
+    let v = gapmeter_json(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_rel(
+        value(&v, "metrics.fid.value"),
+        r["fid"].as_f64().unwrap(),
+        1e-6,
+        "FID via CLI",
+    );
+    assert_rel(
+        value(&v, "metrics.kid.mean"),
+        r["kid_default"]["mean"].as_f64().unwrap(),
+        1e-9,
+        "KID default via CLI",
+    );
+}
+
+#[test]
+fn npz_statistics_give_fid_only() {
+    let r = reference_json();
+    let (s, t) = (reference("source_stats.npz"), reference("target_stats.npz"));
+    let v = gapmeter_json(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_rel(
+        value(&v, "metrics.fid.value"),
+        r["fid"].as_f64().unwrap(),
+        1e-6,
+        "FID from .npz via CLI",
+    );
+    assert!(v["metrics"]["kid"].is_null());
+    assert!(v["warnings"].to_string().contains("KID skipped"));
+    // Asking for KID explicitly on statistics is an error, not a silent omission.
+    let out = gapmeter(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metrics",
+        "kid",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("KID needs per-image features"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreadable_images_are_reported_and_skipped_or_fatal_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    copy_dir(&root().join("examples/A"), &set);
+    std::fs::write(set.join("broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    std::fs::write(set.join("empty.jpg"), b"").unwrap();
+    let v = gapmeter_json(&[
+        "score",
+        set.to_str().unwrap(),
+        "examples/B",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+    ]);
+    assert_eq!(v["source"]["count"], 24);
+    let skipped = v["source"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped
+        .iter()
+        .any(|s| s["path"].as_str().unwrap().ends_with("broken.png")));
+    assert!(skipped
+        .iter()
+        .all(|s| !s["reason"].as_str().unwrap().is_empty()));
+
+    let out = gapmeter(&[
+        "score",
+        set.to_str().unwrap(),
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+        "--strict",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("broken.png") || stderr(&out).contains("empty.jpg"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn empty_and_missing_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "no images here").unwrap();
+    let out = gapmeter(&[
+        "score",
+        empty.to_str().unwrap(),
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no images"), "{}", stderr(&out));
+
+    let junk = dir.path().join("junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("a.png"), b"nope").unwrap();
+    let out = gapmeter(&[
+        "score",
+        junk.to_str().unwrap(),
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("could be read"), "{}", stderr(&out));
+
+    let out = gapmeter(&["score", "does/not/exist", "examples/B"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does/not/exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn table_output_names_the_metrics() {
+    let out = gapmeter(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+        "--kid-subsets",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FID") && table.contains("KID") && table.contains("tiny-cnn"),
+        "{table}"
+    );
+}
+
+#[test]
+fn batch_size_does_not_change_the_result() {
+    let one = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+        "--batch-size",
+        "1",
+        "--metrics",
+        "fid",
+    ]);
+    let many = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+        "--batch-size",
+        "17",
+        "--metrics",
+        "fid",
+    ]);
+    assert_rel(
+        value(&one, "metrics.fid.value"),
+        value(&many, "metrics.fid.value"),
+        1e-4,
+        "FID across batch sizes",
+    );
+}
+
+#[test]
+fn a_wrong_sha256_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = common::models_dir();
+    std::fs::copy(models.join("tiny-cnn.pt"), dir.path().join("tiny-cnn.pt")).unwrap();
+    let manifest = std::fs::read_to_string(models.join("tiny-cnn.toml")).unwrap();
+    let line = manifest.lines().find(|l| l.starts_with("sha256")).unwrap();
+    let bad = manifest.replace(line, &format!("sha256 = \"{}\"", "0".repeat(64)));
+    let path = dir.path().join("tiny-cnn.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = gapmeter(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "-x",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("sha256 mismatch") && err.contains("tiny-cnn.pt"),
+        "{err}"
+    );
+}
