@@ -29,9 +29,10 @@ examples: setup
 fixtures: models
 	$(WITH) bash -c '"$$(scripts/reference/setup.sh)" scripts/reference/make_metric_fixtures.py'
 
-## bench: metric benchmarks (prints timings)
+## bench: metric benchmarks (prints timings). The dev profile shares the test build (dependencies
+## at opt-level 3; the heavy lifting is inside libtorch either way).
 bench: models
-	$(WITH) cargo bench --bench metrics
+	$(WITH) cargo bench --profile dev --bench metrics
 
 ## lint: formatting and clippy, as CI runs them
 lint:
