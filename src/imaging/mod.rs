@@ -1,8 +1,9 @@
 //! Decoding and resizing exactly like the reference implementations (DESIGN §2).
 //!
 //! * Decoding yields RGB uint8: grayscale is replicated, alpha is dropped (as PIL's
-//!   `convert("RGB")`), 16-bit samples are scaled to 8 bits, EXIF orientation is not applied
-//!   (PIL does not apply it either), animated formats give their first frame.
+//!   `convert("RGB")`), 16-bit samples keep their high byte (as Pillow does for 16-bit RGB; for
+//!   16-bit grayscale Pillow clips to 255 instead, which we do not copy), EXIF orientation is not
+//!   applied (PIL does not apply it either), animated formats give their first frame.
 //! * [`ResizeMode::Clean`] is PIL's antialiased bicubic on float32 planes, as clean-fid;
 //!   [`ResizeMode::LegacyPytorch`] is libtorch's bilinear interpolation on [0, 1] values, as
 //!   pytorch-fid.
@@ -68,7 +69,24 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(ImageError::Empty);
     }
-    Ok(img.to_rgb8())
+    Ok(match img {
+        // Pillow keeps the high byte of 16-bit samples; the image crate would round (v / 257),
+        // which differs by one on about half of all values.
+        image::DynamicImage::ImageRgb16(_)
+        | image::DynamicImage::ImageRgba16(_)
+        | image::DynamicImage::ImageLuma16(_)
+        | image::DynamicImage::ImageLumaA16(_) => {
+            let (w, h) = (img.width(), img.height());
+            let high: Vec<u8> = img
+                .to_rgb16()
+                .into_raw()
+                .into_iter()
+                .map(|v| (v >> 8) as u8)
+                .collect();
+            RgbImage::from_raw(w, h, high).ok_or(ImageError::Empty)?
+        }
+        other => other.to_rgb8(),
+    })
 }
 
 /// A model-ready image: planar CHW float32 at the model's size.
@@ -180,14 +198,26 @@ mod tests {
         let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
             2,
             2,
-            image::Rgb([65535u16, 0, 32896]),
+            image::Rgb([65535u16, 0, 32767]),
         ));
         assert_eq!(
             decode_rgb(&encode(deep, image::ImageFormat::Png))
                 .unwrap()
                 .get_pixel(0, 1)
                 .0,
-            [255, 0, 128]
+            [255, 0, 127]
+        );
+        let gray16 = image::DynamicImage::ImageLuma16(image::ImageBuffer::from_pixel(
+            1,
+            1,
+            image::Luma([0x80ffu16]),
+        ));
+        assert_eq!(
+            decode_rgb(&encode(gray16, image::ImageFormat::Png))
+                .unwrap()
+                .get_pixel(0, 0)
+                .0,
+            [128; 3]
         );
     }
 
