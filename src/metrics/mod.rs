@@ -4,14 +4,29 @@
 //! Dense linear algebra runs on libtorch's CPU kernels (LAPACK/BLAS), which gapmeter links anyway.
 
 mod fid;
+mod inception_score;
 mod kid;
 mod linalg;
+mod mmd;
+mod per_image;
+mod prdc;
+mod resampling;
 pub mod rng;
 mod stats;
+mod style;
 
 pub use fid::{fid_from_features, fid_from_gaussians, Fid};
+pub use inception_score::{inception_score, InceptionScore, IsParams};
 pub use kid::{kid, Kid, KidParams};
+pub use mmd::{cmmd, median_bandwidth, mmd, Bandwidth, Estimator, Mmd, MmdParams};
+pub use per_image::{per_image_gap, ImageGap};
+pub use prdc::{prdc, Prdc, PrdcParams};
+pub use resampling::{
+    bootstrap, extrapolate, extrapolation_sizes, fit_inverse_n, BootstrapParams, Extrapolation,
+    Interval,
+};
 pub use stats::{FeatureStats, Gaussian};
+pub use style::{image_covariances, per_image_style_distance, style_gap, StyleGap, StyleSet};
 
 /// A feature matrix: one row per image, one column per feature dimension.
 pub type Features = ndarray::Array2<f64>;
