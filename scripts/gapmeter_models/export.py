@@ -72,18 +72,27 @@ def toml_value(v):
     raise TypeError(type(v))
 
 
-@torch.no_grad()
-def export(model: nn.Module, example: torch.Tensor, out_dir: Path, manifest: dict):
-    """Traces `model` on `example`, writes `<id>.pt` and `<id>.toml` into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    traced = torch.jit.trace(model, example, check_trace=False)
-    pt = out_dir / f"{manifest['id']}.pt"
-    traced.save(str(pt))
+def write_manifest(out_dir: Path, pt: Path, manifest: dict):
+    """Writes `<id>.toml` for the TorchScript file `pt` (which must be in `out_dir`)."""
     manifest = dict(manifest, file=pt.name, sha256=sha256_file(pt))
     order = ["id", "file", "sha256", "input_size", "resize", "input_range", "mean", "std",
              "outputs", "features", "trained", "description"]
     lines = [f"{k} = {toml_value(manifest[k])}" for k in order if k in manifest]
     lines += [f"{k} = {toml_value(v)}" for k, v in manifest.items() if k not in order]
-    (out_dir / f"{manifest['id']}.toml").write_text("\n".join(lines) + "\n")
+    path = out_dir / f"{manifest['id']}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@torch.no_grad()
+def export(model: nn.Module, example: torch.Tensor, out_dir: Path, manifest: dict, extra=()):
+    """Traces `model` on `example`, writes `<id>.pt` and `<id>.toml` into `out_dir`, plus one
+    manifest per entry of `extra` for the same file (e.g. another resize mode)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    traced = torch.jit.trace(model, example, check_trace=False)
+    pt = out_dir / f"{manifest['id']}.pt"
+    traced.save(str(pt))
+    for m in (manifest, *extra):
+        write_manifest(out_dir, pt, m)
     return pt
