@@ -204,3 +204,41 @@ fn normalise(x: Tensor, scale: f32, m: &Manifest) -> anyhow::Result<Tensor> {
     }
     Ok(x)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn manifest(range: &str, extra: &str) -> Manifest {
+        let text = format!(
+            "id = \"t\"\nfile = \"t.pt\"\nsha256 = \"{}\"\ninput_size = 1\ninput_range = \"{range}\"\noutputs = [\"f\"]\n{extra}",
+            "0".repeat(64)
+        );
+        Manifest::parse(&text, Path::new("/m/t.toml")).unwrap()
+    }
+
+    fn apply(x: &[f32], scale: f32, m: &Manifest) -> Vec<f32> {
+        let t = Tensor::from_slice(x).view([1, 3, 1, 1]);
+        Vec::<f32>::try_from(&normalise(t, scale, m).unwrap().view([-1])).unwrap()
+    }
+
+    #[test]
+    fn ranges_then_mean_std_as_documented() {
+        // docs/extractors.md, "What the model receives": range first, then (x - mean) / std.
+        let byte = [0.0, 127.5, 255.0];
+        let unit = [0.0, 0.5, 1.0];
+        assert_eq!(apply(&byte, 255.0, &manifest("0-255", "")), byte);
+        assert_eq!(apply(&unit, 1.0, &manifest("0-255", "")), byte);
+        assert_eq!(apply(&byte, 255.0, &manifest("0-1", "")), unit);
+        assert_eq!(apply(&unit, 1.0, &manifest("-1-1", "")), [-1.0, 0.0, 1.0]);
+        assert_eq!(apply(&byte, 255.0, &manifest("-1-1", "")), [-1.0, 0.0, 1.0]);
+        let clean_fid = manifest("0-255", "mean = [128, 128, 128]\nstd = [128, 128, 128]\n");
+        assert_eq!(
+            apply(&byte, 255.0, &clean_fid),
+            [-1.0, -0.5 / 128.0, 127.0 / 128.0]
+        );
+        let imagenet = manifest("0-1", "mean = [0.5, 0.25, 0.0]\nstd = [0.5, 0.25, 2.0]\n");
+        assert_eq!(apply(&unit, 1.0, &imagenet), [-1.0, 1.0, 0.5]);
+    }
+}
