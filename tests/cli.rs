@@ -365,3 +365,167 @@ fn a_wrong_sha256_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn every_metric_on_image_folders_with_outliers_bootstrap_and_infinity() {
+    let v = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid,kid,is,mmd,cmmd,prdc,style",
+        "--top",
+        "3",
+        "--bootstrap",
+        "8",
+        "--infinity",
+        "--infinity-points",
+        "4",
+        "--kid-subsets",
+        "4",
+    ]);
+    for name in [
+        "fid",
+        "kid",
+        "is",
+        "is_target",
+        "mmd",
+        "cmmd",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "style_coral",
+        "style_log_euclidean",
+        "style_bures_wasserstein",
+    ] {
+        let m = &v["metrics"][name];
+        let x = m["value"]
+            .as_f64()
+            .or(m["mean"].as_f64())
+            .unwrap_or_else(|| panic!("{name} missing in {m}"));
+        assert!(x.is_finite(), "{name} = {x}");
+        let (lo, hi) = (
+            m["ci"]["low"].as_f64().unwrap(),
+            m["ci"]["high"].as_f64().unwrap(),
+        );
+        assert!(lo <= hi, "{name}: interval [{lo}, {hi}]");
+        assert_eq!(m["ci"]["resamples"], 8);
+    }
+    for name in ["fid_infinity", "kid_infinity"] {
+        assert!(value(&v, &format!("metrics.{name}.value")).is_finite());
+        assert_eq!(
+            v["metrics"][name]["fit"]["points"]
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        );
+    }
+    let images = v["per_image"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    let witness: Vec<f64> = images
+        .iter()
+        .map(|i| i["witness"].as_f64().unwrap())
+        .collect();
+    assert!(witness.windows(2).all(|w| w[0] <= w[1]), "{witness:?}");
+    assert!(images
+        .iter()
+        .all(|i| i["path"].as_str().unwrap().starts_with("examples/A/")));
+    assert!(images
+        .iter()
+        .all(|i| i["style_distance"].as_f64().unwrap() > 0.0));
+    assert_eq!(v["parameters"]["prdc"]["k_pr"], 3);
+}
+
+#[test]
+fn prdc_through_the_cli_matches_the_prdc_package() {
+    let r = reference_json();
+    let (s, t) = (reference("source.npy"), reference("target.npy"));
+    let v = gapmeter_json(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metrics",
+        "prdc",
+        "--format",
+        "json",
+    ]);
+    for k in ["precision", "recall", "coverage"] {
+        assert_eq!(
+            value(&v, &format!("metrics.{k}.value")),
+            r["prdc"][k].as_f64().unwrap(),
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn image_only_metrics_on_features_are_clear_errors() {
+    let (s, t) = (reference("source.npy"), reference("target.npy"));
+    for metric in ["is", "style"] {
+        let out = gapmeter(&[
+            "score",
+            s.to_str().unwrap(),
+            t.to_str().unwrap(),
+            "--metrics",
+            metric,
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("image folder"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn gap_matrix_is_symmetric_with_a_zero_diagonal() {
+    let s = reference("source_1000.npy");
+    let t = reference("target_1000.npy");
+    let v = gapmeter_json(&[
+        "matrix",
+        "examples/A",
+        "examples/B",
+        "examples/A",
+        "--format",
+        "json",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid,kid,style",
+    ]);
+    assert_eq!(v["sets"].as_array().unwrap().len(), 3);
+    for name in ["fid", "kid", "style_log_euclidean"] {
+        let m: Vec<Vec<f64>> = serde_json::from_value(v["metrics"][name].clone()).unwrap();
+        for (i, row) in m.iter().enumerate() {
+            assert_eq!(row[i], 0.0);
+            for (j, x) in row.iter().enumerate() {
+                assert_eq!(*x, m[j][i], "{name}");
+            }
+        }
+        assert!(m[0][1] > 0.0, "{name}");
+        // A against its own copy: identical content, no gap. (KID's unbiased estimator is not 0
+        // on identical sets, only small next to a real gap.)
+        if name == "kid" {
+            assert!(
+                m[0][2].abs() < m[0][1],
+                "{name}: {} vs {}",
+                m[0][2],
+                m[0][1]
+            );
+        } else {
+            assert!(m[0][2].abs() < 1e-6, "{name}: {}", m[0][2]);
+        }
+    }
+    let out = gapmeter(&[
+        "matrix",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metrics",
+        "prdc",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not symmetric"), "{}", stderr(&out));
+}

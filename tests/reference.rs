@@ -107,7 +107,14 @@ fn inception_score_matches_torch_fidelity() {
     let r = reference_json();
     let logits = read_features(&reference("logits.npy")).unwrap();
     for (key, shuffle_seed) in [("is_no_shuffle", None), ("is_shuffle_2020", Some(2020))] {
-        let is = inception_score(logits.view(), &IsParams { splits: 10, shuffle_seed }).unwrap();
+        let is = inception_score(
+            logits.view(),
+            &IsParams {
+                splits: 10,
+                shuffle_seed,
+            },
+        )
+        .unwrap();
         assert_rel(is.mean, r[key]["mean"].as_f64().unwrap(), 1e-6, key);
         assert_rel(is.std, r[key]["std"].as_f64().unwrap(), 1e-6, key);
     }
@@ -122,12 +129,25 @@ fn prdc_matches_the_prdc_package_exactly() {
     for (key, fake, real) in [("prdc", &s, &t), ("prdc_swapped", &t, &s)] {
         let got = prdc(fake.view(), real.view(), &PrdcParams::default()).unwrap();
         let want = &r[key];
-        assert_eq!(got.precision, want["precision"].as_f64().unwrap(), "{key} precision");
+        assert_eq!(
+            got.precision,
+            want["precision"].as_f64().unwrap(),
+            "{key} precision"
+        );
         assert_eq!(got.recall, want["recall"].as_f64().unwrap(), "{key} recall");
-        assert_eq!(got.coverage, want["coverage"].as_f64().unwrap(), "{key} coverage");
+        assert_eq!(
+            got.coverage,
+            want["coverage"].as_f64().unwrap(),
+            "{key} coverage"
+        );
         // Density is a count divided by k·N: the same count gives the same number to the last bit
         // or one rounding step away, depending on the order of the division.
-        assert_rel(got.density, want["density"].as_f64().unwrap(), 1e-15, "density");
+        assert_rel(
+            got.density,
+            want["density"].as_f64().unwrap(),
+            1e-15,
+            "density",
+        );
     }
 }
 
@@ -137,9 +157,21 @@ fn cmmd_and_rbf_mmd_match_the_published_formulas() {
     let r = reference_json();
     let s = read_features(&reference("source.npy")).unwrap();
     let t = read_features(&reference("target.npy")).unwrap();
-    assert_rel(cmmd(s.view(), t.view()).unwrap(), r["cmmd"].as_f64().unwrap(), 1e-6, "CMMD");
-    for (key, estimator) in [("biased", Estimator::Biased), ("unbiased", Estimator::Unbiased)] {
-        let p = MmdParams { bandwidth: Bandwidth::Fixed(4.0), estimator, seed: 0 };
+    assert_rel(
+        cmmd(s.view(), t.view()).unwrap(),
+        r["cmmd"].as_f64().unwrap(),
+        1e-6,
+        "CMMD",
+    );
+    for (key, estimator) in [
+        ("biased", Estimator::Biased),
+        ("unbiased", Estimator::Unbiased),
+    ] {
+        let p = MmdParams {
+            bandwidth: Bandwidth::Fixed(4.0),
+            estimator,
+            seed: 0,
+        };
         let got = mmd(s.view(), t.view(), &p).unwrap().value;
         assert_rel(got, r["mmd_sigma_4"][key].as_f64().unwrap(), 1e-9, key);
     }

@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Score SOURCE against TARGET: image folders, .npy features or .npz statistics.
     Score(score::ScoreArgs),
+    /// Pairwise gap table between two or more sets, each extracted once.
+    Matrix(score::MatrixArgs),
     /// List and inspect feature extractors.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -30,6 +32,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Score(args) => score::run(args),
+        Command::Matrix(args) => score::run_matrix(args),
         Command::Models(cmd) => models::run(cmd),
     };
     match result {

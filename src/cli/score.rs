@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::features::{default_models_dir, DeviceSpec, Registry};
-use crate::metrics::KidParams;
-use crate::score::{score, MetricName, ScoreOptions};
+use crate::metrics::{
+    Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
+};
+use crate::score::{matrix, score, MetricName, MetricParams, ScoreOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -12,18 +14,14 @@ pub enum Format {
     Json,
 }
 
+/// Options shared by `score` and `matrix`.
 #[derive(Debug, Args)]
-pub struct ScoreArgs {
-    /// Source set: an image folder (searched recursively), an .npy of N×d features, or an .npz
-    /// with `mu` and `sigma` (pytorch-fid / clean-fid statistics; FID only).
-    pub source: String,
-    /// Target set, same forms as SOURCE.
-    pub target: String,
+pub struct CommonArgs {
     /// Extractor: a manifest path or a registered id (default: inception-v3-fid, else its
     /// untrained test twin).
     #[arg(long, short = 'x')]
     pub extractor: Option<String>,
-    /// Metrics to compute, comma-separated [default: fid,kid].
+    /// Metrics, comma-separated [default: fid,kid].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub metrics: Option<Vec<MetricName>>,
     /// Output format.
@@ -35,7 +33,8 @@ pub struct ScoreArgs {
     /// Device for the extractor: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Seed for random subsets (numpy RandomState stream; torch-fidelity's default is 2020).
+    /// Seed of every random draw (KID subsets, IS shuffle, bootstrap, N → ∞ subsets, median
+    /// heuristic), in numpy's RandomState stream; torch-fidelity's default is 2020.
     #[arg(long, default_value_t = 2020)]
     pub seed: u32,
     /// KID: number of subsets.
@@ -53,6 +52,24 @@ pub struct ScoreArgs {
     /// KID: kernel coef0.
     #[arg(long, default_value_t = 1.0)]
     pub kid_coef0: f64,
+    /// IS: number of splits.
+    #[arg(long, default_value_t = 10)]
+    pub is_splits: usize,
+    /// IS: keep the input order instead of shuffling (torch-fidelity shuffles by default).
+    #[arg(long)]
+    pub is_no_shuffle: bool,
+    /// MMD and per-image witness: RBF bandwidth σ [default: median heuristic].
+    #[arg(long)]
+    pub mmd_bandwidth: Option<f64>,
+    /// MMD: estimator.
+    #[arg(long, value_enum, default_value = "unbiased")]
+    pub mmd_estimator: Estimator,
+    /// Precision/recall: k nearest neighbours.
+    #[arg(long, default_value_t = 3)]
+    pub pr_k: usize,
+    /// Density/coverage: k nearest neighbours.
+    #[arg(long, default_value_t = 5)]
+    pub dc_k: usize,
     /// Fail on the first unreadable image instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -64,35 +81,130 @@ pub struct ScoreArgs {
     pub no_progress: bool,
 }
 
-pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let opts = ScoreOptions {
-        extractor: args.extractor,
-        metrics: args.metrics,
-        batch_size: args.batch_size as usize,
-        device: args.device,
-        kid: KidParams {
-            subsets: args.kid_subsets,
-            subset_size: args.kid_subset_size,
-            degree: args.kid_degree,
-            gamma: args.kid_gamma,
-            coef0: args.kid_coef0,
-            seed: args.seed,
-        },
-        strict: args.strict,
-        registry: Registry::new(args.models_dir.unwrap_or_else(default_models_dir)),
-        progress: !args.no_progress,
-    };
-    let report = score(&args.source, &args.target, &opts)?;
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => {
-            print!("{}", report.to_table());
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Source set: an image folder (searched recursively), an .npy of N×d features, or an .npz
+    /// with `mu` and `sigma` (pytorch-fid / clean-fid statistics; FID only).
+    pub source: String,
+    /// Target set, same forms as SOURCE.
+    pub target: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Percentile bootstrap intervals for every metric, from this many resamples (each resample
+    /// recomputes every metric: KID's cost times N).
+    #[arg(long)]
+    pub bootstrap: Option<usize>,
+    /// Level of the bootstrap intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Also report FID∞ / KID∞: the metric on source subsets of several sizes, fitted linearly in
+    /// 1/N and extrapolated to N → ∞ (Chong & Forsyth 2020).
+    #[arg(long)]
+    pub infinity: bool,
+    /// Number of sample sizes for --infinity.
+    #[arg(long, default_value_t = 8)]
+    pub infinity_points: usize,
+    /// List the K most out-of-domain source images (MMD witness, k-NN distance, style distance).
+    #[arg(long)]
+    pub top: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// Two or more sets (folders, .npy, .npz): every pair is scored, each set extracted once.
+    #[arg(required = true, num_args = 2..)]
+    pub sets: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl CommonArgs {
+    fn options(&self) -> ScoreOptions {
+        let models_dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
+        ScoreOptions {
+            extractor: self.extractor.clone(),
+            metrics: self.metrics.clone(),
+            params: MetricParams {
+                kid: KidParams {
+                    subsets: self.kid_subsets,
+                    subset_size: self.kid_subset_size,
+                    degree: self.kid_degree,
+                    gamma: self.kid_gamma,
+                    coef0: self.kid_coef0,
+                    seed: self.seed,
+                },
+                is: IsParams {
+                    splits: self.is_splits,
+                    shuffle_seed: (!self.is_no_shuffle).then_some(self.seed),
+                },
+                mmd: MmdParams {
+                    bandwidth: self
+                        .mmd_bandwidth
+                        .map(Bandwidth::Fixed)
+                        .unwrap_or(Bandwidth::Median),
+                    estimator: self.mmd_estimator,
+                    seed: self.seed,
+                },
+                prdc: PrdcParams {
+                    k_pr: self.pr_k,
+                    k_dc: self.dc_k,
+                },
+            },
+            batch_size: self.batch_size as usize,
+            device: self.device,
+            strict: self.strict,
+            registry: Registry::new(models_dir),
+            progress: !self.no_progress,
+            bootstrap: None,
+            infinity_points: None,
+            top: None,
         }
     }
-    if args.format == Format::Json {
-        for w in &report.warnings {
-            eprintln!("warning: {w}");
+}
+
+fn print(
+    format: Format,
+    json: impl serde::Serialize,
+    table: impl FnOnce() -> String,
+    warnings: &[String],
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
         }
+        Format::Table => print!("{}", table()),
     }
     Ok(())
+}
+
+pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    let mut opts = args.common.options();
+    opts.bootstrap = args.bootstrap.map(|resamples| BootstrapParams {
+        resamples,
+        level: args.confidence,
+        seed: args.common.seed,
+    });
+    opts.infinity_points = args.infinity.then_some(args.infinity_points);
+    opts.top = args.top;
+    let report = score(&args.source, &args.target, &opts)?;
+    print(
+        args.common.format,
+        &report,
+        || report.to_table(),
+        &report.warnings,
+    )
+}
+
+pub fn run_matrix(args: MatrixArgs) -> anyhow::Result<()> {
+    let opts = args.common.options();
+    let report = matrix(&args.sets, &opts)?;
+    print(
+        args.common.format,
+        &report,
+        || report.to_table(),
+        &report.warnings,
+    )
 }

@@ -82,7 +82,11 @@ fn check(s: ArrayView2<f64>, t: ArrayView2<f64>, metric: &'static str) -> Result
 }
 
 /// The median heuristic bandwidth for two feature sets (see [`Bandwidth::Median`]).
-pub fn median_bandwidth(s: ArrayView2<f64>, t: ArrayView2<f64>, seed: u32) -> Result<f64, MetricError> {
+pub fn median_bandwidth(
+    s: ArrayView2<f64>,
+    t: ArrayView2<f64>,
+    seed: u32,
+) -> Result<f64, MetricError> {
     check(s, t, "median bandwidth")?;
     median_sigma(&linalg::tensor(s), &linalg::tensor(t), seed)
 }

@@ -24,7 +24,12 @@ const BLOCK: i64 = 1024;
 
 /// Witness values (RBF kernel of bandwidth `sigma`) and distances to the `k`-th nearest target
 /// sample for every source row, in source order.
-pub fn per_image_gap(source: ArrayView2<f64>, target: ArrayView2<f64>, sigma: f64, k: usize) -> Result<Vec<ImageGap>, MetricError> {
+pub fn per_image_gap(
+    source: ArrayView2<f64>,
+    target: ArrayView2<f64>,
+    sigma: f64,
+    k: usize,
+) -> Result<Vec<ImageGap>, MetricError> {
     let (ns, d) = source.dim();
     let nt = target.nrows();
     if d != target.ncols() {
@@ -38,7 +43,9 @@ pub fn per_image_gap(source: ArrayView2<f64>, target: ArrayView2<f64>, sigma: f6
         });
     }
     if !(sigma > 0.0 && sigma.is_finite()) {
-        return Err(MetricError::InvalidParameter(format!("bandwidth must be positive, got {sigma}")));
+        return Err(MetricError::InvalidParameter(format!(
+            "bandwidth must be positive, got {sigma}"
+        )));
     }
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let s = linalg::tensor(source);
@@ -91,9 +98,13 @@ mod tests {
         assert_eq!(gaps.len(), 30);
         let mut by_witness = gaps.clone();
         by_witness.sort_by(|a, b| a.witness.total_cmp(&b.witness));
-        let lowest: std::collections::BTreeSet<usize> = by_witness[..6].iter().map(|g| g.index).collect();
+        let lowest: std::collections::BTreeSet<usize> =
+            by_witness[..6].iter().map(|g| g.index).collect();
         assert_eq!(lowest, (20..26).collect());
-        let max_d = gaps.iter().max_by(|a, b| a.knn_distance.total_cmp(&b.knn_distance)).unwrap();
+        let max_d = gaps
+            .iter()
+            .max_by(|a, b| a.knn_distance.total_cmp(&b.knn_distance))
+            .unwrap();
         assert_eq!(max_d.index, 3);
     }
 
@@ -101,7 +112,9 @@ mod tests {
     fn witness_matches_the_definition() {
         let s = ndarray::array![[0.0, 1.0], [1.0, 0.5], [0.3, 0.3]];
         let t = ndarray::array![[1.0, 1.0], [0.2, 0.9]];
-        let k = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| (-(&a - &b).mapv(|v| v * v).sum() / 2.0).exp();
+        let k = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| {
+            (-(&a - &b).mapv(|v| v * v).sum() / 2.0).exp()
+        };
         let g = per_image_gap(s.view(), t.view(), 1.0, 1).unwrap();
         let want = (k(s.row(0), t.row(0)) + k(s.row(0), t.row(1))) / 2.0
             - (k(s.row(0), s.row(1)) + k(s.row(0), s.row(2))) / 2.0;

@@ -98,7 +98,8 @@ pub fn prdc(
     let recall = mean(d.f_lt_tensor(&fake_pr)?.f_any_dim(1, false)?)?;
     let inside_dc = d.f_lt_tensor(&real_dc)?.f_to_kind(Kind::Double)?;
     // Same operation order as the reference: (1/k) · mean(count).
-    let density = (1.0 / params.k_dc as f64) * mean(inside_dc.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+    let density =
+        (1.0 / params.k_dc as f64) * mean(inside_dc.f_sum_dim_intlist(0, false, Kind::Double)?)?;
     let (nearest_fake, _) = d.f_min_dim(1, false)?;
     let coverage = mean(nearest_fake.f_lt_tensor(&real_dc.f_squeeze_dim(1)?)?)?;
     Ok(Prdc {
@@ -158,8 +159,17 @@ mod tests {
             let r = prdc(fake.view(), real.view(), &PrdcParams { k_pr: k, k_dc: k }).unwrap();
             let want = naive(&fake, &real, k);
             // Counts must agree exactly; density is a ratio, equal up to the last bit.
-            assert_eq!([r.precision, r.recall, r.coverage], [want[0], want[1], want[3]], "k = {k}");
-            assert!((r.density - want[2]).abs() < 1e-14, "k = {k}: {} vs {}", r.density, want[2]);
+            assert_eq!(
+                [r.precision, r.recall, r.coverage],
+                [want[0], want[1], want[3]],
+                "k = {k}"
+            );
+            assert!(
+                (r.density - want[2]).abs() < 1e-14,
+                "k = {k}: {} vs {}",
+                r.density,
+                want[2]
+            );
         }
     }
 

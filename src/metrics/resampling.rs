@@ -109,16 +109,25 @@ pub struct Interval {
 }
 
 /// Percentile bootstrap: resamples both sets with replacement (seeded), evaluates `metric` on each
-/// pair of index lists and returns the central `level` interval (linear interpolation between
-/// order statistics, as numpy's default percentile).
+/// pair of index lists — it may return several values, one per quantity — and returns the central
+/// `level` interval of each (linear interpolation between order statistics, as numpy's default
+/// percentile).
+///
+/// ```
+/// use gapmeter::metrics::{bootstrap, BootstrapParams};
+/// let data = [1.0, 2.0, 3.0, 4.0, 5.0];
+/// let p = BootstrapParams { resamples: 200, level: 0.9, seed: 1 };
+/// let ci = bootstrap(5, 0, &p, |s, _| Ok(vec![s.iter().map(|&i| data[i]).sum::<f64>() / 5.0])).unwrap();
+/// assert!(ci[0].low < 3.0 && 3.0 < ci[0].high);
+/// ```
 pub fn bootstrap<F>(
     n_source: usize,
     n_target: usize,
     params: &BootstrapParams,
     mut metric: F,
-) -> Result<Interval, MetricError>
+) -> Result<Vec<Interval>, MetricError>
 where
-    F: FnMut(&[usize], &[usize]) -> Result<f64, MetricError>,
+    F: FnMut(&[usize], &[usize]) -> Result<Vec<f64>, MetricError>,
 {
     if params.resamples < 2 {
         return Err(MetricError::InvalidParameter(
@@ -134,25 +143,41 @@ where
     let mut rng = LegacyRandomState::new(params.seed);
     let mut draw = |n: usize| -> Vec<usize> {
         (0..n)
-            .map(|_| rng.random_interval(n as u64 - 1) as usize)
+            .map(|_| rng.random_interval(n.saturating_sub(1) as u64) as usize)
             .collect()
     };
-    let mut values = Vec::with_capacity(params.resamples);
+    let mut columns: Vec<Vec<f64>> = Vec::new();
     for _ in 0..params.resamples {
         let s = draw(n_source);
         let t = draw(n_target);
-        values.push(metric(&s, &t)?);
+        let values = metric(&s, &t)?;
+        if columns.is_empty() {
+            columns = vec![Vec::with_capacity(params.resamples); values.len()];
+        }
+        if values.len() != columns.len() {
+            return Err(MetricError::InvalidParameter(
+                "bootstrap metric changed its number of outputs".into(),
+            ));
+        }
+        for (c, v) in columns.iter_mut().zip(values) {
+            c.push(v);
+        }
     }
-    values.sort_by(|a, b| a.total_cmp(b));
     let tail = (1.0 - params.level) / 2.0;
-    let (_, std) = mean_std(&values);
-    Ok(Interval {
-        low: percentile(&values, tail),
-        high: percentile(&values, 1.0 - tail),
-        level: params.level,
-        resamples: params.resamples,
-        std,
-    })
+    Ok(columns
+        .into_iter()
+        .map(|mut values| {
+            values.sort_by(|a, b| a.total_cmp(b));
+            let (_, std) = mean_std(&values);
+            Interval {
+                low: percentile(&values, tail),
+                high: percentile(&values, 1.0 - tail),
+                level: params.level,
+                resamples: params.resamples,
+                std,
+            }
+        })
+        .collect())
 }
 
 /// Linear-interpolated quantile q ∈ [0, 1] of sorted values.
@@ -195,11 +220,16 @@ mod tests {
             seed: 7,
         };
         let mean_of = |idx: &[usize]| idx.iter().map(|&i| data[i]).sum::<f64>() / idx.len() as f64;
-        let ci = bootstrap(200, 1, &p, |s, _| Ok(mean_of(s))).unwrap();
+        let ci = bootstrap(200, 1, &p, |s, _| Ok(vec![mean_of(s)]))
+            .unwrap()
+            .remove(0);
         assert!(ci.low < truth && truth < ci.high, "{ci:?}");
         // Standard error of a mean of 200 draws of U(0,100)-like data: ~29/√200 ≈ 2.
         assert!(ci.std > 1.0 && ci.std < 3.5, "{ci:?}");
-        assert_eq!(ci, bootstrap(200, 1, &p, |s, _| Ok(mean_of(s))).unwrap());
+        assert_eq!(
+            ci,
+            bootstrap(200, 1, &p, |s, _| Ok(vec![mean_of(s)])).unwrap()[0]
+        );
     }
 
     #[test]

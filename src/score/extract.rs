@@ -2,14 +2,14 @@
 //! time, then the model.
 use std::path::Path;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::features::Extractor;
 use crate::imaging::{self, Prepared, ResizeMode};
 use crate::ingest::list_images;
-use crate::metrics::Features;
+use crate::metrics::{Features, StyleSet};
 
 /// An image left out of a set, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,9 +18,28 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// What to extract besides the content features.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtractOptions {
+    pub batch_size: usize,
+    pub strict: bool,
+    pub progress: bool,
+    /// Also keep the output named `logits` (for IS).
+    pub logits: bool,
+    /// Also keep per-image covariances of the output named `early` (for the style gap).
+    pub style: bool,
+}
+
+/// Output name IS reads.
+pub const LOGITS_OUTPUT: &str = "logits";
+/// Output name the style gap reads.
+pub const STYLE_OUTPUT: &str = "early";
+
 /// A folder's features and what went into them.
 pub struct ExtractedSet {
     pub features: Features,
+    pub logits: Option<Features>,
+    pub style: Option<StyleSet>,
     /// Paths of the rows of `features`, in order.
     pub paths: Vec<String>,
     pub skipped: Vec<Skipped>,
@@ -33,10 +52,14 @@ pub struct ExtractedSet {
 pub fn extract_folder(
     dir: &Path,
     extractor: &Extractor,
-    batch_size: usize,
-    strict: bool,
-    progress: bool,
+    opts: &ExtractOptions,
 ) -> anyhow::Result<ExtractedSet> {
+    let ExtractOptions {
+        batch_size,
+        strict,
+        progress,
+        ..
+    } = *opts;
     let paths = list_images(dir)?;
     if paths.is_empty() {
         bail!(
@@ -47,6 +70,22 @@ pub fn extract_folder(
     let manifest = extractor.manifest();
     let (h, w) = manifest.input_size.height_width();
     let feature_name = manifest.feature_output().to_string();
+    for (wanted, name, metric) in [
+        (opts.logits, LOGITS_OUTPUT, "IS"),
+        (opts.style, STYLE_OUTPUT, "the style gap"),
+    ] {
+        if wanted && !manifest.outputs.iter().any(|o| o == name) {
+            bail!(
+                "{metric} needs an output named {name:?}, but extractor {:?} ({}) has outputs {:?}",
+                manifest.id,
+                manifest.path.display(),
+                manifest.outputs
+            );
+        }
+    }
+    let mut logits: Vec<f64> = Vec::new();
+    let mut logit_dim = 0;
+    let mut style = opts.style.then(|| StyleSet::new(0));
     let bar = progress_bar(progress, paths.len() as u64, &dir.display().to_string());
 
     let mut rows: Vec<f64> = Vec::new();
@@ -78,6 +117,15 @@ pub fn extract_folder(
             let f = out.rows(&feature_name)?;
             dim = f.ncols();
             rows.extend(f.iter());
+            if opts.logits {
+                let l = out.rows(LOGITS_OUTPUT)?;
+                logit_dim = l.ncols();
+                logits.extend(l.iter());
+            }
+            if let Some(style) = style.as_mut() {
+                let maps = out.get(STYLE_OUTPUT).context("style output missing")?;
+                style.push_maps(maps)?;
+            }
         }
         bar.inc(chunk.len() as u64);
     }
@@ -90,8 +138,15 @@ pub fn extract_folder(
         );
     }
     let features = Features::from_shape_vec((kept.len(), dim), rows)?;
+    let logits = if opts.logits {
+        Some(Features::from_shape_vec((kept.len(), logit_dim), logits)?)
+    } else {
+        None
+    };
     Ok(ExtractedSet {
         features,
+        logits,
+        style,
         paths: kept,
         skipped,
         content_hash: dataset_hash(&mut hashes),

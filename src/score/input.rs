@@ -1,15 +1,14 @@
-//! The two sides of a score: an image folder, an `.npy` of features or an `.npz` of statistics.
+//! The sides of a score: an image folder, an `.npy` of features or an `.npz` of statistics.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Axis};
 use ndarray_npy::{NpzReader, ReadNpyExt};
 use serde::Serialize;
 
-use super::extract::{extract_folder, Skipped};
-use super::ScoreOptions;
+use super::extract::{extract_folder, ExtractOptions, Skipped};
 use crate::features::Extractor;
-use crate::metrics::{FeatureStats, Features, Gaussian};
+use crate::metrics::{FeatureStats, Features, Gaussian, StyleSet};
 
 /// What an input path holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,51 +57,102 @@ pub struct SetProvenance {
     pub skipped: Vec<Skipped>,
 }
 
-/// A set ready for metrics: features when available, always a Gaussian summary.
+/// What metrics read from one set. Every field is optional: a statistics file has only the
+/// Gaussian, a feature file has no logits or style maps.
+#[derive(Debug, Clone, Default)]
+pub struct SetData {
+    pub features: Option<Features>,
+    pub gaussian: Option<Gaussian>,
+    pub logits: Option<Features>,
+    pub style: Option<StyleSet>,
+}
+
+impl SetData {
+    /// Number of samples, when known.
+    pub fn count(&self) -> Option<usize> {
+        self.features.as_ref().map(|f| f.nrows())
+    }
+
+    /// Mean and covariance (from the features when there are any).
+    pub fn gaussian(&self) -> anyhow::Result<Gaussian> {
+        if let Some(f) = &self.features {
+            return Ok(FeatureStats::from_features(f.view())?.gaussian());
+        }
+        self.gaussian
+            .clone()
+            .context("this set has neither features nor statistics")
+    }
+
+    /// The samples `idx` (with repetition allowed), for resampling. Statistics-only sets cannot be
+    /// resampled.
+    pub fn select(&self, idx: &[usize]) -> anyhow::Result<Self> {
+        let rows = |f: &Features| f.select(Axis(0), idx);
+        let features = Some(rows(
+            self.features
+                .as_ref()
+                .context("resampling needs per-sample features")?,
+        ));
+        Ok(Self {
+            features,
+            gaussian: None,
+            logits: self.logits.as_ref().map(rows),
+            style: self.style.as_ref().map(|s| s.select(idx)),
+        })
+    }
+}
+
+/// A set ready for metrics, with its provenance.
 pub struct LoadedSet {
     pub provenance: SetProvenance,
-    features: Option<Features>,
-    gaussian: Option<Gaussian>,
-    dim: usize,
-    warnings: Vec<String>,
+    pub data: SetData,
+    /// Per-row labels for per-image results: image paths, or `row N` for feature files.
+    pub labels: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 impl LoadedSet {
     pub fn load(
         role: &str,
         arg: &str,
-        kind: &InputKind,
         extractor: Option<&Extractor>,
-        opts: &ScoreOptions,
+        opts: &ExtractOptions,
     ) -> anyhow::Result<Self> {
+        let kind = InputKind::detect(arg)?;
         let mut warnings = Vec::new();
-        let (features, gaussian, content_hash, skipped) = match kind {
+        let (data, content_hash, skipped, labels) = match &kind {
             InputKind::Folder(dir) => {
                 let extractor = extractor.context("an image folder needs an extractor")?;
-                let set =
-                    extract_folder(dir, extractor, opts.batch_size, opts.strict, opts.progress)
-                        .with_context(|| format!("{role} {arg}"))?;
+                let set = extract_folder(dir, extractor, opts)
+                    .with_context(|| format!("{role} {arg}"))?;
                 for s in &set.skipped {
                     warnings.push(format!("{role}: skipped {}: {}", s.path, s.reason));
                 }
-                (Some(set.features), None, set.content_hash, set.skipped)
+                let data = SetData {
+                    features: Some(set.features),
+                    gaussian: None,
+                    logits: set.logits,
+                    style: set.style,
+                };
+                (data, set.content_hash, set.skipped, set.paths)
             }
             InputKind::Features(path) => {
                 let f = read_features(path)?;
-                (Some(f), None, file_hash(path)?, Vec::new())
+                let labels = (0..f.nrows()).map(|i| format!("row {i}")).collect();
+                let data = SetData {
+                    features: Some(f),
+                    ..SetData::default()
+                };
+                (data, file_hash(path)?, Vec::new(), labels)
             }
-            InputKind::Statistics(path) => (
-                None,
-                Some(read_statistics(path)?),
-                file_hash(path)?,
-                Vec::new(),
-            ),
+            InputKind::Statistics(path) => {
+                let data = SetData {
+                    gaussian: Some(read_statistics(path)?),
+                    ..SetData::default()
+                };
+                (data, file_hash(path)?, Vec::new(), Vec::new())
+            }
         };
-        let (dim, count) = match (&features, &gaussian) {
-            (Some(f), _) => (f.ncols(), Some(f.nrows())),
-            (None, Some(g)) => (g.mean.len(), None),
-            (None, None) => unreachable!("every input kind yields features or statistics"),
-        };
+        let count = data.count();
         if count == Some(0) {
             bail!("{role} {arg} is empty: no samples to score");
         }
@@ -114,37 +164,30 @@ impl LoadedSet {
                 count,
                 skipped,
             },
-            features,
-            gaussian,
-            dim,
+            data,
+            labels,
             warnings,
         })
     }
 
-    pub fn features(&self) -> Option<&Features> {
-        self.features.as_ref()
-    }
-
+    /// Feature dimension.
     pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    pub fn count(&self) -> Option<usize> {
-        self.provenance.count
-    }
-
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// Mean and covariance (from the features when there are any).
-    pub fn gaussian(&self) -> anyhow::Result<Gaussian> {
-        if let Some(g) = &self.gaussian {
-            return Ok(g.clone());
+        match (&self.data.features, &self.data.gaussian) {
+            (Some(f), _) => f.ncols(),
+            (None, Some(g)) => g.mean.len(),
+            (None, None) => 0,
         }
-        let f = self.features.as_ref().context("no features")?;
-        Ok(FeatureStats::from_features(f.view())?.gaussian())
     }
+}
+
+/// True when `arg` names a folder of images (which needs an extractor).
+pub fn is_image_folder(arg: &str) -> bool {
+    matches!(InputKind::detect(arg), Ok(InputKind::Folder(_)))
+}
+
+/// True when `arg` names an `.npz` of statistics (FID only).
+pub fn is_statistics(arg: &str) -> bool {
+    matches!(InputKind::detect(arg), Ok(InputKind::Statistics(_)))
 }
 
 fn file_hash(path: &Path) -> anyhow::Result<String> {

@@ -1,42 +1,27 @@
-//! `gapmeter score`: resolve both inputs to features or statistics, compute the chosen metrics and
-//! build the report with its provenance (DESIGN §1). The same path will serve the worker.
+//! Scoring: resolve inputs (folders, `.npy` features, `.npz` statistics) to features or statistics,
+//! compute the chosen metrics with optional bootstrap intervals, N → ∞ extrapolation and
+//! per-image gaps, and build the report with its provenance (DESIGN §1). `gapmeter score` and
+//! `gapmeter matrix` call this; the worker will too.
 
+mod compute;
 mod extract;
 mod input;
 mod report;
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context};
-use serde::Serialize;
 
 use crate::features::{resolve_extractor, DeviceSpec, Extractor, Registry};
-use crate::metrics::{self, KidParams};
+use crate::metrics::{self, BootstrapParams};
 
-pub use extract::{extract_folder, ExtractedSet, Skipped};
-pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetProvenance};
-pub use report::{ExtractorInfo, MetricParameters, Report, Software};
-
-/// The metrics `gapmeter score` computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MetricName {
-    Fid,
-    Kid,
-}
-
-impl MetricName {
-    pub const DEFAULT: &'static [MetricName] = &[MetricName::Fid, MetricName::Kid];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricName::Fid => "fid",
-            MetricName::Kid => "kid",
-        }
-    }
-
-    fn needs_features(self) -> bool {
-        matches!(self, MetricName::Kid)
-    }
-}
+pub use compute::{compute, MetricName, MetricParams, MetricValue, Values};
+pub use extract::{
+    dataset_hash, extract_folder, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT,
+    STYLE_OUTPUT,
+};
+pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetData, SetProvenance};
+pub use report::{ExtractorInfo, ImageScore, MatrixReport, PerImage, Report, Software};
 
 /// Everything that decides a score.
 #[derive(Debug, Clone)]
@@ -45,98 +30,115 @@ pub struct ScoreOptions {
     pub extractor: Option<String>,
     /// `None`: the defaults (FID, KID), dropping those the inputs cannot support.
     pub metrics: Option<Vec<MetricName>>,
+    pub params: MetricParams,
     pub batch_size: usize,
     pub device: DeviceSpec,
-    pub kid: KidParams,
     pub strict: bool,
     pub registry: Registry,
     pub progress: bool,
+    /// Percentile bootstrap intervals for every metric.
+    pub bootstrap: Option<BootstrapParams>,
+    /// FID∞ / KID∞ with this many sample sizes (`None`: off).
+    pub infinity_points: Option<usize>,
+    /// List the K most out-of-domain source images.
+    pub top: Option<usize>,
 }
 
 /// Trained FID Inception if exported, else its untrained test twin (with a warning in the result).
 const DEFAULT_EXTRACTORS: &[&str] = &["inception-v3-fid", "inception-v3-fid-untrained"];
 
-/// Scores `source` against `target` (folders, `.npy` features or `.npz` statistics).
+/// Below this many samples FID is strongly biased (Chong & Forsyth 2020; the 2048 of the FID paper).
+const FID_RELIABLE_N: usize = 2048;
+
+/// Scores `source` against `target`.
 #[tracing::instrument(skip(opts))]
 pub fn score(source: &str, target: &str, opts: &ScoreOptions) -> anyhow::Result<Report> {
-    let source_kind = InputKind::detect(source)?;
-    let target_kind = InputKind::detect(target)?;
     let mut warnings = Vec::new();
+    let chosen = choose_metrics(opts.metrics.as_deref(), &[source, target], &mut warnings)?;
+    let (extractor, mut sets) = load_sets(&[source, target], &chosen, opts, &mut warnings)?;
+    let t = sets.pop().context("target")?;
+    let s = sets.pop().context("source")?;
+    let p = &opts.params;
 
-    let metrics = choose_metrics(
-        opts.metrics.as_deref(),
-        &[&source_kind, &target_kind],
-        &mut warnings,
-    )?;
-
-    let needs_model =
-        matches!(source_kind, InputKind::Folder(_)) || matches!(target_kind, InputKind::Folder(_));
-    let extractor = if needs_model {
-        Some(load_extractor(opts)?)
-    } else {
-        None
-    };
-    if let Some(x) = &extractor {
-        if !x.manifest().trained {
-            warnings.push(format!(
-                "extractor {:?} has untrained weights: its scores are for testing, not comparable with published numbers",
-                x.manifest().id
-            ));
+    let mut values: BTreeMap<String, MetricValue> = BTreeMap::new();
+    for &m in &chosen {
+        for (name, v) in compute(m, &s.data, &t.data, p, &mut warnings)? {
+            values.insert(name, v);
         }
     }
+    small_sample_warnings(&chosen, &s, &t, opts, &mut warnings);
 
-    let s = LoadedSet::load("source", source, &source_kind, extractor.as_ref(), opts)?;
-    let t = LoadedSet::load("target", target, &target_kind, extractor.as_ref(), opts)?;
-    if s.dim() != t.dim() {
-        bail!(
-            "source has {}-d features but target has {}-d: both must come from the same extractor",
-            s.dim(),
-            t.dim()
-        );
+    if let Some(bp) = &opts.bootstrap {
+        add_bootstrap(&chosen, &s, &t, p, bp, &mut values)?;
     }
-    warnings.extend(s.warnings().iter().cloned());
-    warnings.extend(t.warnings().iter().cloned());
+    if let Some(points) = opts.infinity_points {
+        add_infinity(&chosen, &s, &t, p, points, &mut values, &mut warnings)?;
+    }
+    let per_image = match opts.top {
+        Some(k) => Some(per_image(&s, &t, p, k)?),
+        None => None,
+    };
 
     let mut report = Report::new(&s, &t, extractor.as_ref(), opts);
-    for metric in metrics {
-        match metric {
-            MetricName::Fid => {
-                let fid = match (s.features(), t.features()) {
-                    (Some(a), Some(b)) => metrics::fid_from_features(a.view(), b.view()),
-                    _ => metrics::fid_from_gaussians(&s.gaussian()?, &t.gaussian()?),
-                }
-                .context("computing FID")?;
-                let n = s.count().min(t.count());
-                if n.is_some_and(|n| n < 2048) {
-                    warnings.push(format!(
-                        "FID is strongly biased upwards below ~2048 samples per set (smallest set: {}); \
-                         compare FID values only at equal sample sizes",
-                        n.unwrap_or_default()
-                    ));
-                }
-                report.metrics.fid = Some(fid);
-            }
-            MetricName::Kid => {
-                let (Some(a), Some(b)) = (s.features(), t.features()) else {
-                    bail!("KID needs per-image features; .npz statistics hold only mean and covariance");
-                };
-                let kid = metrics::kid(a.view(), b.view(), &opts.kid).context("computing KID")?;
-                warnings.extend(kid.warnings.iter().cloned());
-                report.parameters.kid = Some(opts.kid.clone());
-                report.metrics.kid = Some(kid);
-            }
-        }
-    }
+    report.metrics = values;
+    report.parameters = used_parameters(&chosen, p);
+    report.bootstrap = opts.bootstrap.clone();
+    report.per_image = per_image;
+    warnings.dedup();
     report.warnings = warnings;
     Ok(report)
 }
 
+/// The pairwise gap table between several sets, each extracted once.
+#[tracing::instrument(skip(opts))]
+pub fn matrix(inputs: &[String], opts: &ScoreOptions) -> anyhow::Result<MatrixReport> {
+    if inputs.len() < 2 {
+        bail!("a gap matrix needs at least two sets");
+    }
+    let mut warnings = Vec::new();
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let chosen = choose_metrics(opts.metrics.as_deref(), &refs, &mut warnings)?;
+    if let Some(m) = chosen.iter().find(|m| !m.is_symmetric()) {
+        bail!(
+            "{} is not symmetric and has no place in a gap matrix; use `gapmeter score` for it",
+            m.as_str()
+        );
+    }
+    let (extractor, sets) = load_sets(&refs, &chosen, opts, &mut warnings)?;
+    let n = sets.len();
+    let mut tables: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    for i in 0..n {
+        for j in (i + 1)..n {
+            for &m in &chosen {
+                for (name, v) in
+                    compute(m, &sets[i].data, &sets[j].data, &opts.params, &mut warnings)?
+                {
+                    let table = tables.entry(name).or_insert_with(|| vec![vec![0.0; n]; n]);
+                    table[i][j] = v.primary();
+                    table[j][i] = v.primary();
+                }
+            }
+        }
+    }
+    warnings.sort();
+    warnings.dedup();
+    Ok(MatrixReport {
+        sets: sets.iter().map(|s| s.provenance.clone()).collect(),
+        extractor: extractor.as_ref().map(|x| ExtractorInfo::new(x, opts)),
+        metrics: tables,
+        parameters: used_parameters(&chosen, &opts.params),
+        warnings,
+        software: Software::current(),
+    })
+}
+
 fn choose_metrics(
     requested: Option<&[MetricName]>,
-    inputs: &[&InputKind],
+    inputs: &[&str],
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<MetricName>> {
-    let stats_only = inputs.iter().any(|k| matches!(k, InputKind::Statistics(_)));
+    let stats_only = inputs.iter().any(|a| input::is_statistics(a));
+    let all_folders = inputs.iter().all(|a| input::is_image_folder(a));
     let mut out: Vec<MetricName> = Vec::new();
     match requested {
         Some(list) => {
@@ -144,6 +146,12 @@ fn choose_metrics(
                 if m.needs_features() && stats_only {
                     bail!(
                         "{} needs per-image features, but an input is an .npz of statistics (FID only)",
+                        m.as_str().to_uppercase()
+                    );
+                }
+                if m.needs_images() && !all_folders {
+                    bail!(
+                        "{} needs the extractor's extra outputs, so every input must be an image folder",
                         m.as_str().to_uppercase()
                     );
                 }
@@ -171,22 +179,265 @@ fn choose_metrics(
     Ok(out)
 }
 
+fn load_sets(
+    inputs: &[&str],
+    chosen: &[MetricName],
+    opts: &ScoreOptions,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(Option<Extractor>, Vec<LoadedSet>)> {
+    for a in inputs {
+        InputKind::detect(a)?;
+    }
+    let extractor = if inputs.iter().any(|a| input::is_image_folder(a)) {
+        Some(load_extractor(opts)?)
+    } else {
+        None
+    };
+    if let Some(x) = &extractor {
+        if !x.manifest().trained {
+            warnings.push(format!(
+                "extractor {:?} has untrained weights: its scores are for testing, not comparable with published numbers",
+                x.manifest().id
+            ));
+        }
+        if chosen.contains(&MetricName::Cmmd) && !x.manifest().id.contains("clip") {
+            warnings.push(format!(
+                "CMMD is defined on CLIP embeddings; extractor {:?} does not look like CLIP",
+                x.manifest().id
+            ));
+        }
+    }
+    let extract = ExtractOptions {
+        batch_size: opts.batch_size,
+        strict: opts.strict,
+        progress: opts.progress,
+        logits: chosen.contains(&MetricName::Is),
+        style: chosen.contains(&MetricName::Style),
+    };
+    let mut sets = Vec::with_capacity(inputs.len());
+    for (i, a) in inputs.iter().enumerate() {
+        let role = match (inputs.len(), i) {
+            (2, 0) => "source".to_string(),
+            (2, _) => "target".to_string(),
+            (_, i) => format!("set {}", i + 1),
+        };
+        let set = LoadedSet::load(&role, a, extractor.as_ref(), &extract)?;
+        warnings.extend(set.warnings.iter().cloned());
+        sets.push(set);
+    }
+    let dim = sets[0].dim();
+    if let Some(other) = sets.iter().find(|s| s.dim() != dim) {
+        bail!(
+            "{} has {}-d features but {} has {dim}-d: all sets must come from the same extractor",
+            other.provenance.path,
+            other.dim(),
+            sets[0].provenance.path
+        );
+    }
+    Ok((extractor, sets))
+}
+
 fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Extractor> {
     let manifest = match &opts.extractor {
         Some(arg) => resolve_extractor(arg, &opts.registry)?,
-        None => {
-            let found = DEFAULT_EXTRACTORS
-                .iter()
-                .find_map(|id| opts.registry.get(id).ok());
-            match found {
-                Some(m) => m,
-                None => bail!(
-                    "no default extractor in {}: run `make models` (test models) or scripts/export_models.py, \
-                     or pass --extractor PATH/TO/MANIFEST.toml",
-                    opts.registry.dir().display()
-                ),
-            }
-        }
+        None => match DEFAULT_EXTRACTORS.iter().find_map(|id| opts.registry.get(id).ok()) {
+            Some(m) => m,
+            None => bail!(
+                "no default extractor in {}: run `make models` (test models) or scripts/export_models.py, \
+                 or pass --extractor PATH/TO/MANIFEST.toml",
+                opts.registry.dir().display()
+            ),
+        },
     };
     Extractor::load(manifest, opts.device)
+}
+
+fn small_sample_warnings(
+    chosen: &[MetricName],
+    s: &LoadedSet,
+    t: &LoadedSet,
+    opts: &ScoreOptions,
+    warnings: &mut Vec<String>,
+) {
+    let n = match (s.data.count(), t.data.count()) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return,
+    };
+    if chosen.contains(&MetricName::Fid) && n < FID_RELIABLE_N {
+        let hint = if opts.bootstrap.is_none() || opts.infinity_points.is_none() {
+            "; --bootstrap gives an interval, --infinity extrapolates to N → ∞, and KID is unbiased"
+        } else {
+            ""
+        };
+        warnings.push(format!(
+            "FID is strongly biased upwards below ~{FID_RELIABLE_N} samples per set (smallest set: {n}); \
+             compare FID values only at equal sample sizes{hint}"
+        ));
+    }
+}
+
+fn add_bootstrap(
+    chosen: &[MetricName],
+    s: &LoadedSet,
+    t: &LoadedSet,
+    p: &MetricParams,
+    bp: &BootstrapParams,
+    values: &mut BTreeMap<String, MetricValue>,
+) -> anyhow::Result<()> {
+    let (Some(ns), Some(nt)) = (s.data.count(), t.data.count()) else {
+        bail!("--bootstrap needs per-sample features on both sides (.npz statistics cannot be resampled)");
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let intervals = metrics::bootstrap(ns, nt, bp, |si, ti| {
+        let mut run = || -> anyhow::Result<Vec<f64>> {
+            let (a, b) = (s.data.select(si)?, t.data.select(ti)?);
+            let mut ignored = Vec::new();
+            let mut out = Vec::new();
+            let mut these = Vec::new();
+            for &m in chosen {
+                for (name, v) in compute(m, &a, &b, p, &mut ignored)? {
+                    these.push(name);
+                    out.push(v.primary());
+                }
+            }
+            names = these;
+            Ok(out)
+        };
+        run().map_err(|e| {
+            let msg = format!("{e:#}");
+            failure = Some(e);
+            metrics::MetricError::InvalidParameter(msg)
+        })
+    });
+    let intervals = match (intervals, failure) {
+        (Ok(i), _) => i,
+        (Err(_), Some(e)) => return Err(e.context("bootstrap resample")),
+        (Err(e), None) => return Err(e.into()),
+    };
+    for (name, ci) in names.into_iter().zip(intervals) {
+        if let Some(v) = values.get_mut(&name) {
+            v.ci = Some(ci);
+        }
+    }
+    Ok(())
+}
+
+fn add_infinity(
+    chosen: &[MetricName],
+    s: &LoadedSet,
+    t: &LoadedSet,
+    p: &MetricParams,
+    points: usize,
+    values: &mut BTreeMap<String, MetricValue>,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let Some(ns) = s.data.count() else {
+        bail!("--infinity needs per-sample source features (an .npz cannot be subsampled)");
+    };
+    let sizes = metrics::extrapolation_sizes(ns, points, 2);
+    if sizes.len() < 2 {
+        bail!("--infinity needs at least 3 source samples");
+    }
+    for &m in chosen
+        .iter()
+        .filter(|m| matches!(m, MetricName::Fid | MetricName::Kid))
+    {
+        let mut failure: Option<anyhow::Error> = None;
+        let fit = metrics::extrapolate(ns, &sizes, p.kid.seed, |idx| {
+            let sub = s
+                .data
+                .select(idx)
+                .map_err(|e| metrics::MetricError::InvalidParameter(e.to_string()))?;
+            let mut ignored = Vec::new();
+            match compute(m, &sub, &t.data, p, &mut ignored) {
+                Ok(v) => Ok(v[0].1.primary()),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    failure = Some(e);
+                    Err(metrics::MetricError::InvalidParameter(msg))
+                }
+            }
+        });
+        let fit = match (fit, failure) {
+            (Ok(f), _) => f,
+            (Err(_), Some(e)) => return Err(e.context("N → ∞ extrapolation")),
+            (Err(e), None) => return Err(e.into()),
+        };
+        if fit.r2 < 0.9 {
+            warnings.push(format!(
+                "{}∞ fit against 1/N is poor (R² = {:.2}): the extrapolated value is unreliable at these sample sizes",
+                m.as_str().to_uppercase(),
+                fit.r2
+            ));
+        }
+        let mut v = MetricValue::scalar(fit.value);
+        v.fit = Some(fit);
+        values.insert(format!("{}_infinity", m.as_str()), v);
+    }
+    Ok(())
+}
+
+fn per_image(
+    s: &LoadedSet,
+    t: &LoadedSet,
+    p: &MetricParams,
+    top: usize,
+) -> anyhow::Result<PerImage> {
+    let (Some(a), Some(b)) = (&s.data.features, &t.data.features) else {
+        bail!("--top needs per-image features on both sides");
+    };
+    let sigma = compute::witness_bandwidth(&s.data, &t.data, p)?;
+    let k = p.prdc.k_pr;
+    let gaps = metrics::per_image_gap(a.view(), b.view(), sigma, k).context("per-image gap")?;
+    let style = match (&s.data.style, &t.data.style) {
+        (Some(x), Some(y)) => Some(metrics::per_image_style_distance(x, y)?),
+        _ => None,
+    };
+    let mut images: Vec<ImageScore> = gaps
+        .iter()
+        .map(|g| ImageScore {
+            path: s
+                .labels
+                .get(g.index)
+                .cloned()
+                .unwrap_or_else(|| format!("row {}", g.index)),
+            index: g.index,
+            witness: g.witness,
+            knn_distance: g.knn_distance,
+            style_distance: style.as_ref().map(|v| v[g.index]),
+        })
+        .collect();
+    images.sort_by(|x, y| x.witness.total_cmp(&y.witness));
+    images.truncate(top);
+    Ok(PerImage {
+        ranked_by: "witness (ascending: most out of domain first)",
+        sigma,
+        k,
+        images,
+    })
+}
+
+fn used_parameters(chosen: &[MetricName], p: &MetricParams) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: serde_json::Result<serde_json::Value>| {
+        if let Ok(v) = v {
+            out.insert(k.to_string(), v);
+        }
+    };
+    for m in chosen {
+        match m {
+            MetricName::Kid => put("kid", serde_json::to_value(&p.kid)),
+            MetricName::Is => put("is", serde_json::to_value(&p.is)),
+            MetricName::Mmd => put("mmd", serde_json::to_value(&p.mmd)),
+            MetricName::Prdc => put("prdc", serde_json::to_value(&p.prdc)),
+            MetricName::Cmmd => put(
+                "cmmd",
+                Ok(serde_json::json!({"sigma": 10.0, "scale": 1000.0, "estimator": "biased"})),
+            ),
+            MetricName::Fid | MetricName::Style => {}
+        }
+    }
+    out
 }

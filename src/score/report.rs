@@ -1,37 +1,62 @@
-//! The result of a score, as JSON (`--format json`) or a table.
+//! Results as JSON (`--format json`) or a table.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{LoadedSet, ScoreOptions, SetProvenance};
+use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
 use crate::features::Extractor;
-use crate::metrics::{Fid, Kid, KidParams};
+use crate::metrics::BootstrapParams;
 
-/// One score: values, the inputs' provenance, the extractor and every parameter (DESIGN §1).
+/// One score: values, both inputs' provenance, the extractor and every parameter (DESIGN §1).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub source: SetProvenance,
     pub target: SetProvenance,
     /// `None` when both inputs were precomputed features or statistics.
     pub extractor: Option<ExtractorInfo>,
-    pub metrics: Metrics,
-    pub parameters: MetricParameters,
+    /// By name: `fid`, `kid`, `is`, `precision`, `style_coral`, `fid_infinity`, ...
+    pub metrics: BTreeMap<String, MetricValue>,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<PerImage>,
     pub warnings: Vec<String>,
     pub software: Software,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Metrics {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fid: Option<Fid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kid: Option<Kid>,
+/// The most out-of-domain source images.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerImage {
+    pub ranked_by: &'static str,
+    /// RBF bandwidth of the witness.
+    pub sigma: f64,
+    /// k of the k-NN distance.
+    pub k: usize,
+    pub images: Vec<ImageScore>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct MetricParameters {
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageScore {
+    pub path: String,
+    pub index: usize,
+    pub witness: f64,
+    pub knn_distance: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kid: Option<KidParams>,
+    pub style_distance: Option<f64>,
+}
+
+/// A pairwise table between several sets.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixReport {
+    pub sets: Vec<SetProvenance>,
+    pub extractor: Option<ExtractorInfo>,
+    /// By metric name: a symmetric table, `[i][j]` between set i and set j.
+    pub metrics: BTreeMap<String, Vec<Vec<f64>>>,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    pub warnings: Vec<String>,
+    pub software: Software,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +70,24 @@ pub struct ExtractorInfo {
     pub dim: usize,
     pub device: String,
     pub batch_size: usize,
+}
+
+impl ExtractorInfo {
+    pub(super) fn new(x: &Extractor, opts: &ScoreOptions) -> Self {
+        let m = x.manifest();
+        let (h, w) = m.input_size.height_width();
+        Self {
+            id: m.id.clone(),
+            sha256: m.sha256.clone(),
+            trained: m.trained,
+            resize: m.resize.as_str(),
+            input_size: [h, w],
+            features: m.feature_output().to_string(),
+            dim: x.feature_dim(),
+            device: opts.device.to_string(),
+            batch_size: opts.batch_size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,53 +114,24 @@ impl Report {
         extractor: Option<&Extractor>,
         opts: &ScoreOptions,
     ) -> Self {
-        let extractor = extractor.map(|x| {
-            let m = x.manifest();
-            let (h, w) = m.input_size.height_width();
-            ExtractorInfo {
-                id: m.id.clone(),
-                sha256: m.sha256.clone(),
-                trained: m.trained,
-                resize: m.resize.as_str(),
-                input_size: [h, w],
-                features: m.feature_output().to_string(),
-                dim: x.feature_dim(),
-                device: opts.device.to_string(),
-                batch_size: opts.batch_size,
-            }
-        });
         Self {
             source: s.provenance.clone(),
             target: t.provenance.clone(),
-            extractor,
-            metrics: Metrics::default(),
-            parameters: MetricParameters::default(),
+            extractor: extractor.map(|x| ExtractorInfo::new(x, opts)),
+            metrics: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+            bootstrap: None,
+            per_image: None,
             warnings: Vec::new(),
             software: Software::current(),
         }
     }
 
-    /// A human-readable table: one line per value, then provenance and warnings.
+    /// A human-readable table: one line per value, then provenance, outliers and warnings.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let count =
-            |p: &SetProvenance| p.count.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
-        let _ = writeln!(
-            out,
-            "source  {} ({} {}, {})",
-            self.source.path,
-            count(&self.source),
-            self.source.kind,
-            short(&self.source.content_hash)
-        );
-        let _ = writeln!(
-            out,
-            "target  {} ({} {}, {})",
-            self.target.path,
-            count(&self.target),
-            self.target.kind,
-            short(&self.target.content_hash)
-        );
+        set_line(&mut out, "source", &self.source);
+        set_line(&mut out, "target", &self.target);
         if let Some(x) = &self.extractor {
             let _ = writeln!(
                 out,
@@ -130,24 +144,113 @@ impl Report {
             );
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "{:<8} {:>16} {:>14}", "metric", "value", "std");
-        if let Some(f) = &self.metrics.fid {
-            let _ = writeln!(out, "{:<8} {:>16.6} {:>14}", "FID", f.value, "");
+        let with_ci = self.metrics.values().any(|v| v.ci.is_some());
+        let _ = write!(out, "{:<26} {:>16} {:>14}", "metric", "value", "std");
+        if with_ci {
+            let level = self
+                .bootstrap
+                .as_ref()
+                .map(|b| b.level * 100.0)
+                .unwrap_or(95.0);
+            let _ = write!(out, "   {level:.0}% bootstrap interval");
         }
-        if let Some(k) = &self.metrics.kid {
-            let _ = writeln!(out, "{:<8} {:>16.8} {:>14.8}", "KID", k.mean, k.std);
-        }
-        if !self.warnings.is_empty() {
+        let _ = writeln!(out);
+        for (name, v) in &self.metrics {
+            let std = v.std.map(|s| format!("{s:.8}")).unwrap_or_default();
+            let _ = write!(
+                out,
+                "{:<26} {:>16.8} {:>14}",
+                display_name(name),
+                v.primary(),
+                std
+            );
+            if let Some(ci) = &v.ci {
+                let _ = write!(out, "   [{:.6}, {:.6}]", ci.low, ci.high);
+            }
+            if let Some(fit) = &v.fit {
+                let _ = write!(
+                    out,
+                    "   (fit over N = {}..{}, R² {:.3})",
+                    fit.points[0].0,
+                    fit.points[fit.points.len() - 1].0,
+                    fit.r2
+                );
+            }
             let _ = writeln!(out);
-            for w in &self.warnings {
-                let _ = writeln!(out, "warning: {w}");
+        }
+        if let Some(p) = &self.per_image {
+            let _ = writeln!(out, "\nmost out-of-domain source images ({}):", p.ranked_by);
+            let _ = writeln!(
+                out,
+                "{:>12} {:>14} {:>14}  path",
+                "witness", "knn distance", "style dist."
+            );
+            for img in &p.images {
+                let style = img
+                    .style_distance
+                    .map(|d| format!("{d:.6}"))
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "{:>12.6} {:>14.6} {:>14}  {}",
+                    img.witness, img.knn_distance, style, img.path
+                );
             }
         }
+        warnings(&mut out, &self.warnings);
         out
     }
 }
 
-fn short(hash: &str) -> &str {
-    let cut = hash.find(':').map(|i| i + 13).unwrap_or(12).min(hash.len());
-    &hash[..cut]
+impl MatrixReport {
+    /// One table per metric, sets numbered as listed above them.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.sets.iter().enumerate() {
+            set_line(&mut out, &format!("[{}]", i + 1), s);
+        }
+        for (name, table) in &self.metrics {
+            let _ = writeln!(out, "\n{}", display_name(name));
+            let _ = write!(out, "{:>6}", "");
+            for j in 0..table.len() {
+                let _ = write!(out, " {:>14}", format!("[{}]", j + 1));
+            }
+            let _ = writeln!(out);
+            for (i, row) in table.iter().enumerate() {
+                let _ = write!(out, "{:>6}", format!("[{}]", i + 1));
+                for v in row {
+                    let _ = write!(out, " {v:>14.6}");
+                }
+                let _ = writeln!(out);
+            }
+        }
+        warnings(&mut out, &self.warnings);
+        out
+    }
+}
+
+fn display_name(name: &str) -> String {
+    match name {
+        "fid" | "kid" | "mmd" | "cmmd" => name.to_uppercase(),
+        "is" => "IS (source)".into(),
+        "is_target" => "IS (target)".into(),
+        "fid_infinity" => "FID∞".into(),
+        "kid_infinity" => "KID∞".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+fn set_line(out: &mut String, label: &str, p: &SetProvenance) {
+    let count = p.count.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
+    let hash = &p.content_hash[..p.content_hash.len().min(19)];
+    let _ = writeln!(out, "{label:<7} {} ({count} {}, {hash})", p.path, p.kind);
+}
+
+fn warnings(out: &mut String, warnings: &[String]) {
+    if !warnings.is_empty() {
+        let _ = writeln!(out);
+        for w in warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+    }
 }
