@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use gapmeter::metrics::{
-    fid_from_features, fid_from_gaussians, kid, rng::LegacyRandomState, FeatureStats, KidParams,
+    fid_from_features, fid_from_gaussians, kid, prdc, rng::LegacyRandomState, FeatureStats,
+    KidParams, PrdcParams,
 };
 use ndarray::Array2;
 
