@@ -65,4 +65,9 @@ fn main() {
     time("KID, 100 subsets x 1000, d = 2048", 3, || {
         kid(s.view(), t.view(), &KidParams::default()).unwrap()
     });
+    time(
+        "precision/recall/density/coverage, 5000 vs 5000, d = 2048",
+        3,
+        || prdc(s.view(), t.view(), &PrdcParams::default()).unwrap(),
+    );
 }
