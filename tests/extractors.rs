@@ -295,8 +295,24 @@ fn exported_untrained_inception_loads_and_reproduces_clean_fid_and_pytorch_fid()
     assert_eq!(all[0]["input_range"], "0-255");
     assert_eq!(all[1]["resize"], "legacy-pytorch");
     assert_eq!(all[1]["input_range"], "-1-1");
+    // The file's own sha256 varies with debug info (the venv's source paths), so the weights are
+    // compared by the hash of their values.
+    let pt = dir.path().join("inception-v3-fid-untrained.pt");
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, torch; sys.path.insert(0, 'scripts'); \
+             from gapmeter_models.export import weights_sha256; \
+             print(weights_sha256(torch.jit.load(sys.argv[1])))",
+            pt.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        all[0]["sha256"], parity["model"]["sha256"],
+        String::from_utf8_lossy(&out.stdout).trim(),
+        parity["model"]["weights_sha256"].as_str().unwrap(),
         "the exported weights differ from those the reference FIDs were computed with: \
          rerun scripts/reference/make_extractor_fixtures.py"
     );
@@ -392,4 +408,18 @@ fn exported_untrained_clip_and_dinov2_load() {
     assert_eq!(v["extractor"]["dim"], 512);
     let fid = v["metrics"]["fid"]["value"].as_f64().unwrap();
     assert!((0.0..4.0).contains(&fid), "{fid}");
+}
+
+#[test]
+fn the_example_manifests_in_config_parse() {
+    let dir = root().join("config/extractors");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            gapmeter::features::Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "{}", dir.display());
 }

@@ -60,6 +60,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(module) -> str:
+    """sha256 over the state dict (names and raw tensor bytes, sorted by name). Unlike the
+    TorchScript file's hash it does not depend on debug info such as the venv's source paths."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def toml_value(v):
     if isinstance(v, bool):
         return "true" if v else "false"
