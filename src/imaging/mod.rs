@@ -8,6 +8,7 @@
 //!   [`ResizeMode::LegacyPytorch`] is libtorch's bilinear interpolation on [0, 1] values, as
 //!   pytorch-fid.
 
+mod jpeg;
 mod resize;
 
 use std::io::Cursor;
@@ -43,6 +44,8 @@ pub enum ImageError {
     Io(#[from] std::io::Error),
     #[error("not a decodable image: {0}")]
     Decode(#[from] image::ImageError),
+    #[error("{0}")]
+    Jpeg(#[from] jpeg::JpegError),
     #[error("image is empty (zero width or height)")]
     Empty,
     #[error("resize failed: {0}")]
@@ -64,6 +67,17 @@ pub type RgbImage = image::RgbImage;
 /// assert_eq!(img.get_pixel(2, 1).0, [10, 20, 30]);
 /// ```
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    if jpeg::is_jpeg(bytes) {
+        match jpeg::decode(bytes) {
+            Ok((w, h, pixels)) if w > 0 && h > 0 => {
+                return RgbImage::from_raw(w, h, pixels).ok_or(ImageError::Empty);
+            }
+            Ok(_) => return Err(ImageError::Empty),
+            // CMYK/YCCK: the image crate converts those.
+            Err(jpeg::JpegError::Unsupported) => {}
+            Err(e) => return Err(ImageError::Jpeg(e)),
+        }
+    }
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let img = reader.decode()?;
     if img.width() == 0 || img.height() == 0 {
@@ -219,6 +233,29 @@ mod tests {
                 .0,
             [128; 3]
         );
+    }
+
+    #[test]
+    fn jpeg_decodes_and_truncated_or_corrupt_jpeg_is_an_error() {
+        let img = image::RgbImage::from_fn(16, 12, |x, y| {
+            image::Rgb([(x * 15) as u8, (y * 20) as u8, 128])
+        });
+        let jpg = encode(
+            image::DynamicImage::ImageRgb8(img),
+            image::ImageFormat::Jpeg,
+        );
+        let decoded = decode_rgb(&jpg).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (16, 12));
+        assert!(matches!(
+            decode_rgb(&jpg[..jpg.len() / 2]),
+            Err(ImageError::Jpeg(jpeg::JpegError::Truncated))
+        ));
+        let mut corrupt = jpg.clone();
+        // Keep the markers, destroy a table: libjpeg's fatal error must come back as an error.
+        for b in corrupt[4..40].iter_mut() {
+            *b = 0xFF;
+        }
+        assert!(decode_rgb(&corrupt).is_err());
     }
 
     #[test]
