@@ -2,16 +2,23 @@
 # (libtorch in a cached venv, generated test models) and are safe to repeat.
 SHELL := /bin/bash
 WITH := scripts/with-libtorch.sh
+# Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
+TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run test setup models examples fixtures bench lint fmt clean-cache
+.PHONY: run demo test setup models examples fixtures openapi bench lint fmt
 
-## run: score the bundled example images (the service replaces this in a later release)
+## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
+	$(WITH) cargo build --quiet
+	$(WITH) scripts/run-dev.sh
+
+## demo: score the bundled example images from the command line
+demo: models
 	$(WITH) cargo run --quiet -- score examples/A examples/B
 
 ## test: the whole test suite
 test: models
-	$(WITH) cargo test --quiet
+	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo test --quiet
 
 ## setup: install the pinned libtorch (torch==2.11.0 from PyPI) under ~/.cache/gapmeter
 setup:
@@ -28,6 +35,10 @@ examples: setup
 ## fixtures: regenerate reference values with pytorch-fid, torch-fidelity and clean-fid (PyPI)
 fixtures: models
 	$(WITH) bash -c '"$$(scripts/reference/setup.sh)" scripts/reference/make_metric_fixtures.py'
+
+## openapi: regenerate openapi/openapi.json from the code
+openapi: setup
+	$(WITH) cargo run --quiet -- openapi > openapi/openapi.json
 
 ## bench: metric benchmarks (prints timings). The dev profile shares the test build (dependencies
 ## at opt-level 3; the heavy lifting is inside libtorch either way).

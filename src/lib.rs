@@ -1,10 +1,14 @@
 //! gapmeter measures the domain gap between image datasets. See README.md and
 //! docs/architecture.md.
 
+pub mod api;
+pub mod app;
 pub mod cli;
+pub mod config;
 pub mod features;
 pub mod imaging;
 pub mod ingest;
 pub mod metrics;
 pub mod score;
+pub mod store;
 pub mod util;

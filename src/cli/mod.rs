@@ -2,6 +2,7 @@
 
 mod models;
 mod score;
+mod service;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,15 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Pairwise gap table between two or more sets, each extracted once.
     Matrix(score::MatrixArgs),
+    /// Run the HTTP service.
+    Serve(service::ServeArgs),
+    /// Apply database migrations.
+    Migrate(service::ConfigArg),
+    /// Print the OpenAPI description of the HTTP API.
+    Openapi,
+    /// Create teams and keys from the command line.
+    #[command(subcommand)]
+    Admin(service::AdminCommand),
     /// List and inspect feature extractors.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -33,6 +43,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Matrix(args) => score::run_matrix(args),
+        Command::Serve(args) => service::serve(args),
+        Command::Migrate(args) => service::migrate(args),
+        Command::Openapi => service::openapi(),
+        Command::Admin(cmd) => service::admin(cmd),
         Command::Models(cmd) => models::run(cmd),
     };
     match result {

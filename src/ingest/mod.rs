@@ -1,5 +1,13 @@
-//! Getting images in. For now: image folders on the local file system.
+//! Getting images in: folders on the local file system (CLI), uploads and archives (service),
+//! dataset URIs.
 
 mod folder;
+mod upload;
+mod uri;
 
 pub use folder::{list_images, IMAGE_EXTENSIONS};
+pub use upload::{
+    archive_kind, looks_like_archive, verify_image, ArchiveKind, FileOutcome, IngestSummary,
+    Ingestor, Outcome,
+};
+pub use uri::{ingest_uri, UriError};

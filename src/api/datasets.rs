@@ -1,0 +1,343 @@
+//! Datasets: create (empty or from a URI), list, show, list images, upload images, delete.
+use std::io::Write;
+
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, Principal};
+use crate::ingest::{self, looks_like_archive, IngestSummary, Ingestor, Outcome, UriError};
+use crate::store::{self, Dataset, DatasetId, DatasetImage, Scope};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDataset {
+    pub name: String,
+    /// Optional source: `file://` (under the instance's allowed roots), `http(s)://` (an image or
+    /// archive), `s3://`, `gs://`, `az://` (a prefix). Ingested before the response.
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetWithIngest {
+    #[serde(flatten)]
+    pub dataset: Dataset,
+    /// Per-file outcomes when the dataset was created from a URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestSummary>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadResult {
+    pub dataset: Dataset,
+    #[serde(flatten)]
+    pub summary: IngestSummary,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetPage {
+    pub items: Vec<Dataset>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImagePage {
+    pub items: Vec<DatasetImage>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Items per page, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(l) if (1..=500).contains(&l) => Ok(l),
+            Some(l) => Err(ApiError::Unprocessable(format!(
+                "limit must be 1 to 500, got {l}"
+            ))),
+        }
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::Unprocessable("invalid cursor".into())
+}
+
+/// `POST /v1/datasets`
+#[utoipa::path(post, path = "/v1/datasets", tag = "datasets", request_body = CreateDataset,
+    responses((status = 201, body = DatasetWithIngest), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    who: Principal,
+    Json(body): Json<CreateDataset>,
+) -> Result<(StatusCode, HeaderMap, Json<DatasetWithIngest>), ApiError> {
+    let team = who.team(Scope::Write)?;
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(ApiError::Unprocessable(
+            "name must be 1 to 200 characters".into(),
+        ));
+    }
+    let status = if body.uri.is_some() {
+        "ingesting"
+    } else {
+        "ready"
+    };
+    let ds = store::create_dataset(
+        &state.pool,
+        team,
+        body.name.trim(),
+        body.uri.as_deref(),
+        status,
+    )
+    .await?;
+    let mut ingest_summary = None;
+    if let Some(uri) = &body.uri {
+        let mut ing = Ingestor::new(&state.pool, &state.blobs, &state.config.limits, ds.id);
+        let result = ingest::ingest_uri(
+            &mut ing,
+            uri,
+            &state.config.ingest,
+            state.config.limits.request_bytes,
+        )
+        .await;
+        record_outcomes(&state, &ing.summary);
+        store::refresh_dataset(&state.pool, ds.id).await?;
+        match result {
+            Ok(()) => store::set_dataset_status(&state.pool, ds.id, "ready", None).await?,
+            Err(e) => {
+                // The dataset row would be an empty shell; remove it and report why.
+                store::delete_dataset(&state.pool, &state.blobs, team, ds.id).await?;
+                return Err(match e {
+                    UriError::Invalid(m) | UriError::Unreachable(m) => ApiError::Unprocessable(m),
+                    UriError::Forbidden(m) => ApiError::Forbidden(m),
+                    UriError::Internal(e) => ApiError::Internal(e),
+                });
+            }
+        }
+        ingest_summary = Some(ing.summary);
+    }
+    let dataset = store::get_dataset(&state.pool, team, ds.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = format!("/v1/datasets/{}", dataset.id).parse() {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(DatasetWithIngest {
+            dataset,
+            ingest: ingest_summary,
+        }),
+    ))
+}
+
+/// `GET /v1/datasets`: the team's datasets, newest first.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery),
+    responses((status = 200, body = DatasetPage), (status = 401, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<DatasetPage>, ApiError> {
+    let team = who.team(Scope::Read)?;
+    let limit = q.limit()?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<DatasetId>().map_err(|_| bad_cursor()))
+        .transpose()?;
+    let page = store::list_datasets(&state.pool, team, cursor, limit).await?;
+    Ok(Json(DatasetPage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// `GET /v1/datasets/{id}`: counts, content hash, per-format summary.
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id")),
+    responses((status = 200, body = Dataset), (status = 401, body = super::Problem), (status = 404, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<DatasetId>,
+) -> Result<Json<Dataset>, ApiError> {
+    let team = who.team(Scope::Read)?;
+    let ds = store::get_dataset(&state.pool, team, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    Ok(Json(ds))
+}
+
+/// `GET /v1/datasets/{id}/images`: by content hash.
+#[utoipa::path(get, path = "/v1/datasets/{id}/images", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id"), PageQuery),
+    responses((status = 200, body = ImagePage), (status = 401, body = super::Problem), (status = 404, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn images(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<DatasetId>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<ImagePage>, ApiError> {
+    let team = who.team(Scope::Read)?;
+    let limit = q.limit()?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            hex::decode(c)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(bad_cursor)
+        })
+        .transpose()?;
+    let page = store::list_dataset_images(&state.pool, team, id, cursor, limit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    Ok(Json(ImagePage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// `DELETE /v1/datasets/{id}`: blobs no other dataset uses are deleted too.
+#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id")),
+    responses((status = 204, description = "deleted"), (status = 401, body = super::Problem), (status = 404, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<DatasetId>,
+) -> Result<StatusCode, ApiError> {
+    let team = who.team(Scope::Write)?;
+    if store::delete_dataset(&state.pool, &state.blobs, team, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("dataset"))
+    }
+}
+
+/// Multipart upload, documented for OpenAPI: any number of `file` parts.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// Images (JPEG, PNG, WebP, GIF, BMP, TIFF) or archives (.tar, .tar.gz, .zip) of them.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    files: Vec<Vec<u8>>,
+}
+
+/// `POST /v1/datasets/{id}/images`: multipart, streamed to disk part by part; each part an image
+/// or an archive. The response lists every file's outcome; bad files are rejected with a reason
+/// while the rest is accepted.
+#[utoipa::path(post, path = "/v1/datasets/{id}/images", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem), (status = 401, body = super::Problem), (status = 404, body = super::Problem), (status = 413, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<DatasetId>,
+    mut form: Multipart,
+) -> Result<Json<UploadResult>, ApiError> {
+    let team = who.team(Scope::Write)?;
+    store::get_dataset(&state.pool, team, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    let limits = &state.config.limits;
+    let mut ing = Ingestor::new(&state.pool, &state.blobs, limits, id);
+    let mut received = 0u64;
+    let mut index = 0usize;
+    let result: Result<(), ApiError> = async {
+        while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+            index += 1;
+            let name = field
+                .file_name()
+                .map(str::to_string)
+                .or_else(|| field.name().map(|n| format!("{n}#{index}")))
+                .unwrap_or_else(|| format!("part#{index}"));
+            // An archive may be as large as the request; a single image only as the image limit.
+            let cap = if looks_like_archive(&name) {
+                limits.request_bytes
+            } else {
+                limits.image_bytes
+            };
+            let mut spool =
+                tempfile::NamedTempFile::new().map_err(|e| ApiError::Internal(e.into()))?;
+            let mut size = 0u64;
+            let mut too_large = false;
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                received += chunk.len() as u64;
+                size += chunk.len() as u64;
+                if size > cap {
+                    too_large = true;
+                    continue; // keep reading so the next part can be parsed
+                }
+                spool
+                    .write_all(&chunk)
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+            }
+            if too_large {
+                if ing.admit(&name) {
+                    ing.reject(&name, format!("part is over the {cap}-byte limit"));
+                }
+                continue;
+            }
+            ing.add_file(&name, spool.path()).await?;
+        }
+        Ok(())
+    }
+    .await;
+    state
+        .metrics
+        .upload_bytes
+        .with_label_values(&["multipart"])
+        .inc_by(received);
+    record_outcomes(&state, &ing.summary);
+    // Whatever was stored stays stored, even when the request ended in an error.
+    store::refresh_dataset(&state.pool, id).await?;
+    result?;
+    let dataset = store::get_dataset(&state.pool, team, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    Ok(Json(UploadResult {
+        dataset,
+        summary: ing.summary,
+    }))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(format!("upload exceeds the request size limit: {e}"))
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {e}"))
+    }
+}
+
+fn record_outcomes(state: &AppState, summary: &IngestSummary) {
+    for f in &summary.files {
+        let label = match f.outcome {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "rejected",
+        };
+        state.metrics.upload_files.with_label_values(&[label]).inc();
+    }
+}

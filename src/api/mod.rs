@@ -1,0 +1,142 @@
+//! The HTTP API (axum): routes, auth, problem+json errors, OpenAPI. Thin: no SQL (that is
+//! `store`), no tensors.
+
+mod auth;
+mod datasets;
+mod error;
+mod health;
+mod teams;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+pub use auth::Principal;
+pub use error::{ApiError, Problem};
+pub use telemetry::Metrics;
+
+use crate::config::Config;
+use crate::store::Blobs;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: sqlx::PgPool,
+    pub blobs: Blobs,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub models_dir: std::path::PathBuf,
+}
+
+/// JSON bodies are small; uploads get the configured request limit on their own route.
+const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// The OpenAPI description of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gapmeter", description = "Domain-gap measurement service: datasets, images, scores."),
+    paths(
+        health::healthz, health::readyz, telemetry::metrics,
+        teams::create_team, teams::create_key, teams::revoke_key,
+        datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete,
+    ),
+    components(schemas(
+        Problem, health::Health, health::Readiness,
+        teams::CreateTeam, teams::CreateKey, crate::store::Team, crate::store::ApiKey, crate::store::NewKey, crate::store::Scope,
+        datasets::CreateDataset, datasets::DatasetWithIngest, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
+        crate::store::Dataset, crate::store::DatasetImage, crate::store::FormatCount,
+        crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
+    )),
+    modifiers(&BearerAuth),
+    tags((name = "datasets"), (name = "admin"), (name = "operations")),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The spec as committed in `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// All routes with their middleware.
+pub fn router(state: AppState) -> Router {
+    let upload_limit = usize::try_from(state.config.limits.request_bytes).unwrap_or(usize::MAX);
+    let request_id = HeaderName::from_static("x-request-id");
+    let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
+    let cors = cors(&state.config.server.cors_origins);
+    let v1 = Router::new()
+        .route("/teams", post(teams::create_team))
+        .route("/teams/{id}/keys", post(teams::create_key))
+        .route("/keys/{id}", delete(teams::revoke_key))
+        .route("/datasets", post(datasets::create).get(datasets::list))
+        .route(
+            "/datasets/{id}",
+            get(datasets::get).delete(datasets::delete),
+        )
+        .route(
+            "/datasets/{id}/images",
+            get(datasets::images)
+                .post(datasets::upload)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        );
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(telemetry::metrics))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::record))
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        base.allow_origin(AllowOrigin::any())
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        base.allow_origin(AllowOrigin::list(list))
+    }
+}

@@ -1,0 +1,92 @@
+//! Teams and keys, for admins.
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Principal};
+use crate::store::{self, KeyId, NewKey, Scope, Team, TeamId};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default)]
+    pub name: String,
+    /// Default: read and write.
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::Unprocessable(
+            "name must be 1 to 200 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/teams` (admin)
+#[utoipa::path(post, path = "/v1/teams", tag = "admin", request_body = CreateTeam,
+    responses((status = 201, body = Team), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 409, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn create_team(
+    State(state): State<AppState>,
+    who: Principal,
+    Json(body): Json<CreateTeam>,
+) -> Result<(StatusCode, Json<Team>), ApiError> {
+    who.require(Scope::Admin)?;
+    check_name(&body.name)?;
+    let team = store::create_team(&state.pool, body.name.trim()).await?;
+    Ok((StatusCode::CREATED, Json(team)))
+}
+
+/// `POST /v1/teams/{id}/keys` (admin): the token is in the response, once.
+#[utoipa::path(post, path = "/v1/teams/{id}/keys", tag = "admin", request_body = CreateKey,
+    params(("id" = String, Path, format = Uuid, description = "team id")),
+    responses((status = 201, body = NewKey), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 404, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<TeamId>,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    who.require(Scope::Admin)?;
+    let scopes = body
+        .scopes
+        .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
+    if scopes.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "a key needs at least one scope".into(),
+        ));
+    }
+    let key = store::create_key(&state.pool, id, &body.name, &scopes)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team"))?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+/// `DELETE /v1/keys/{id}` (admin): revokes the key at once.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "admin",
+    params(("id" = String, Path, format = Uuid, description = "key id")),
+    responses((status = 204, description = "revoked"), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 404, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<KeyId>,
+) -> Result<StatusCode, ApiError> {
+    who.require(Scope::Admin)?;
+    if store::revoke_key(&state.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("key"))
+    }
+}

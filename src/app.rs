@@ -1,0 +1,105 @@
+//! Building and running the service; shared by `gapmeter serve` and the tests.
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Metrics};
+use crate::config::Config;
+use crate::store::{self, Blobs};
+
+/// A bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    port: u16,
+}
+
+impl Application {
+    /// Connects to the database (running migrations), opens the blob store and binds the address
+    /// in `config.server.bind` (port 0 picks a free one).
+    pub async fn build(config: Config, models_dir: std::path::PathBuf) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .connect(&config.database.url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the database at {}",
+                    redact(&config.database.url)
+                )
+            })?;
+        Self::with_pool(config, pool, models_dir).await
+    }
+
+    /// Like [`Application::build`] with an existing pool (tests get one per database).
+    pub async fn with_pool(
+        config: Config,
+        pool: sqlx::PgPool,
+        models_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        store::migrate(&pool).await.context("applying migrations")?;
+        let blobs = Blobs::open(&config.storage.url)?;
+        let listener = TcpListener::bind(&config.server.bind)
+            .await
+            .with_context(|| format!("binding {}", config.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            pool,
+            blobs,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()?),
+            models_dir,
+        };
+        Ok(Self {
+            listener,
+            router: api::router(state),
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, then finishes the requests in flight.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!(port = self.port, "gapmeter listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

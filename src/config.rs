@@ -1,0 +1,172 @@
+//! Service configuration: `config/gapmeter.toml` (or `--config`), overridden by
+//! `GAPMETER_<SECTION>__<KEY>` environment variables and `DATABASE_URL`.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub limits: Limits,
+    pub ingest: IngestConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub request_timeout_secs: u64,
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub url: String,
+}
+
+/// Upload limits; every one is enforced while streaming, before anything is stored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub request_bytes: u64,
+    pub files_per_request: u64,
+    pub image_bytes: u64,
+    pub image_pixels: u64,
+    pub archive_entries: u64,
+    pub archive_uncompressed_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub file_roots: Vec<PathBuf>,
+    pub allow_http: bool,
+    pub allow_private_addresses: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub admin_key: String,
+}
+
+/// The defaults, as shipped in `config/gapmeter.toml` (compiled in, so a binary without the file
+/// still starts).
+pub const DEFAULT_TOML: &str = include_str!("../config/gapmeter.toml");
+
+impl Config {
+    /// Defaults, then `path` if given, then the environment.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut value: toml::Table = toml::from_str(DEFAULT_TOML).context("built-in config")?;
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            let file: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+            merge(&mut value, file);
+        }
+        apply_env(&mut value, std::env::vars())?;
+        let config: Config = value.try_into().context("invalid configuration")?;
+        Ok(config)
+    }
+
+    /// Like [`Config::load`] but from defaults and explicit overrides only (tests).
+    pub fn from_overrides<'a>(
+        overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> anyhow::Result<Self> {
+        let mut value: toml::Table = toml::from_str(DEFAULT_TOML).context("built-in config")?;
+        apply_env(
+            &mut value,
+            overrides
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        Ok(value.try_into()?)
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `GAPMETER_SECTION__KEY=value`; the value is read as TOML when it parses (numbers, booleans,
+/// arrays), else as a string. `DATABASE_URL` sets `database.url`.
+fn apply_env(
+    value: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, raw) in vars {
+        let (section, key) = if name == "DATABASE_URL" {
+            ("database".to_string(), "url".to_string())
+        } else if let Some(rest) = name.strip_prefix("GAPMETER_") {
+            match rest.split_once("__") {
+                Some((s, k)) => (s.to_ascii_lowercase(), k.to_ascii_lowercase()),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let Some(toml::Value::Table(table)) = value.get_mut(&section) else {
+            bail!("{name}: no configuration section [{section}]");
+        };
+        if !table.contains_key(&key) {
+            bail!("{name}: no key `{key}` in [{section}]");
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_env_overrides_apply() {
+        let c = Config::from_overrides([
+            ("GAPMETER_SERVER__BIND", "0.0.0.0:9000"),
+            ("GAPMETER_LIMITS__IMAGE_BYTES", "1024"),
+            ("GAPMETER_INGEST__FILE_ROOTS", "[\"/data\"]"),
+            ("DATABASE_URL", "postgres://x@y/z"),
+            ("GAPMETER_AUTH__ADMIN_KEY", "secret-key"),
+            ("UNRELATED", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.server.bind, "0.0.0.0:9000");
+        assert_eq!(c.limits.image_bytes, 1024);
+        assert_eq!(c.ingest.file_roots, vec![PathBuf::from("/data")]);
+        assert_eq!(c.database.url, "postgres://x@y/z");
+        assert_eq!(c.auth.admin_key, "secret-key");
+        assert_eq!(c.limits.image_pixels, 89_478_485);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_overrides([("GAPMETER_SERVER__PORTT", "1")]).is_err());
+        assert!(Config::from_overrides([("GAPMETER_NOPE__X", "1")]).is_err());
+    }
+}

@@ -1,0 +1,433 @@
+//! Ingesting files into a dataset: verify each image, deduplicate by content, store, and record a
+//! per-file outcome. Archives (tar, tar.gz, zip) are read member by member on a blocking thread
+//! and handed over through a small bounded channel, so memory holds at most a few images at once.
+use std::io::Read;
+use std::path::Path;
+
+use bytes::Bytes;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::config::Limits;
+use crate::store::{self, AddOutcome, Blobs, DatasetId, ImageMeta};
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FileOutcome {
+    /// File name, `archive.tar.gz/inner/path.png` for archive members.
+    pub name: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// blake3 of the bytes, hex (accepted and duplicate files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// Counts and per-file outcomes of one ingest.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct IngestSummary {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub files: Vec<FileOutcome>,
+}
+
+/// The formats gapmeter scores.
+const FORMATS: &[(image::ImageFormat, &str)] = &[
+    (image::ImageFormat::Jpeg, "jpeg"),
+    (image::ImageFormat::Png, "png"),
+    (image::ImageFormat::WebP, "webp"),
+    (image::ImageFormat::Gif, "gif"),
+    (image::ImageFormat::Bmp, "bmp"),
+    (image::ImageFormat::Tiff, "tiff"),
+];
+
+/// Checks that `bytes` are a supported image within the limits: header first (format, size,
+/// pixel count, before any pixel is decoded), then a full decode so corrupt data is caught now
+/// rather than at scoring time.
+pub fn verify_image(bytes: &[u8], limits: &Limits) -> Result<(String, u32, u32), String> {
+    if bytes.len() as u64 > limits.image_bytes {
+        return Err(format!(
+            "file is {} bytes, over the {}-byte image limit",
+            bytes.len(),
+            limits.image_bytes
+        ));
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let Some(format) = reader.format() else {
+        return Err("not an image (unrecognised format)".into());
+    };
+    let Some(name) = FORMATS.iter().find(|(f, _)| *f == format).map(|(_, n)| *n) else {
+        return Err(format!("unsupported image format {format:?}"));
+    };
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("corrupt {name} header: {e}"))?;
+    let pixels = w as u64 * h as u64;
+    if pixels == 0 {
+        return Err("image has no pixels".into());
+    }
+    if pixels > limits.image_pixels {
+        return Err(format!(
+            "{w}×{h} = {pixels} pixels, over the {}-pixel limit",
+            limits.image_pixels
+        ));
+    }
+    crate::imaging::decode_rgb(bytes).map_err(|e| format!("corrupt {name}: {e}"))?;
+    Ok((name.to_string(), w, h))
+}
+
+/// The archive kind of a file, by its first bytes (names can lie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Tar,
+    TarGz,
+    Zip,
+}
+
+pub fn archive_kind(head: &[u8]) -> Option<ArchiveKind> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        Some(ArchiveKind::Zip)
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Some(ArchiveKind::TarGz)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(ArchiveKind::Tar)
+    } else {
+        None
+    }
+}
+
+/// True when a file name says archive (used to pick the size limit while streaming).
+pub fn looks_like_archive(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [".tar", ".tar.gz", ".tgz", ".zip"]
+        .iter()
+        .any(|e| n.ends_with(e))
+}
+
+enum Member {
+    File(String, Vec<u8>),
+    Rejected(String, String),
+}
+
+/// Stores verified images into one dataset and keeps the tally.
+pub struct Ingestor<'a> {
+    pool: &'a PgPool,
+    blobs: &'a Blobs,
+    limits: &'a Limits,
+    dataset: DatasetId,
+    files: u64,
+    pub summary: IngestSummary,
+}
+
+impl<'a> Ingestor<'a> {
+    pub fn new(pool: &'a PgPool, blobs: &'a Blobs, limits: &'a Limits, dataset: DatasetId) -> Self {
+        Self {
+            pool,
+            blobs,
+            limits,
+            dataset,
+            files: 0,
+            summary: IngestSummary::default(),
+        }
+    }
+
+    /// Records a rejection.
+    pub fn reject(&mut self, name: &str, reason: impl Into<String>) {
+        self.summary.rejected += 1;
+        self.summary.files.push(FileOutcome {
+            name: name.to_string(),
+            outcome: Outcome::Rejected,
+            reason: Some(reason.into()),
+            hash: None,
+        });
+    }
+
+    /// Counts a file against the per-request limit; false (and a rejection) once it is exceeded.
+    pub fn admit(&mut self, name: &str) -> bool {
+        self.files += 1;
+        if self.files > self.limits.files_per_request {
+            self.reject(
+                name,
+                format!(
+                    "over the limit of {} files per request",
+                    self.limits.files_per_request
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Verifies and stores one image file. Errors are infrastructure failures (database, blob
+    /// store); a bad file is a rejection, not an error.
+    pub async fn add_image(&mut self, name: &str, bytes: Bytes) -> anyhow::Result<()> {
+        if !self.admit(name) {
+            return Ok(());
+        }
+        let limits = self.limits.clone();
+        let checked = {
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || verify_image(&bytes, &limits)).await?
+        };
+        let (format, width, height) = match checked {
+            Ok(v) => v,
+            Err(reason) => {
+                self.reject(name, reason);
+                return Ok(());
+            }
+        };
+        let meta = ImageMeta {
+            hash: *blake3::hash(&bytes).as_bytes(),
+            bytes: bytes.len() as i64,
+            width: width as i32,
+            height: height as i32,
+            format,
+        };
+        let outcome =
+            store::add_image(self.pool, self.blobs, self.dataset, &meta, name, bytes).await?;
+        match outcome {
+            AddOutcome::Added => self.summary.accepted += 1,
+            AddOutcome::Duplicate => self.summary.duplicates += 1,
+        }
+        self.summary.files.push(FileOutcome {
+            name: name.to_string(),
+            outcome: if outcome == AddOutcome::Added {
+                Outcome::Accepted
+            } else {
+                Outcome::Duplicate
+            },
+            reason: None,
+            hash: Some(hex::encode(meta.hash)),
+        });
+        Ok(())
+    }
+
+    /// Ingests a file already on disk: an archive (by content) or a single image.
+    pub async fn add_file(&mut self, name: &str, path: &Path) -> anyhow::Result<()> {
+        let mut head = vec![0u8; 512];
+        let n = {
+            let mut f = std::fs::File::open(path)?;
+            read_up_to(&mut f, &mut head)?
+        };
+        head.truncate(n);
+        if let Some(kind) = archive_kind(&head) {
+            return self.add_archive(name, path, kind).await;
+        }
+        let len = std::fs::metadata(path)?.len();
+        if len > self.limits.image_bytes {
+            if self.admit(name) {
+                self.reject(
+                    name,
+                    format!(
+                        "file is {len} bytes, over the {}-byte image limit",
+                        self.limits.image_bytes
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        let bytes = Bytes::from(tokio::fs::read(path).await?);
+        self.add_image(name, bytes).await
+    }
+
+    /// Reads an archive's members on a blocking thread and ingests them one by one.
+    pub async fn add_archive(
+        &mut self,
+        name: &str,
+        path: &Path,
+        kind: ArchiveKind,
+    ) -> anyhow::Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Member>(2);
+        let limits = self.limits.clone();
+        let path = path.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || read_archive(&path, kind, &limits, &tx));
+        while let Some(member) = rx.recv().await {
+            match member {
+                Member::File(inner, bytes) => {
+                    self.add_image(&format!("{name}/{inner}"), Bytes::from(bytes))
+                        .await?
+                }
+                Member::Rejected(inner, reason) => {
+                    let full = format!("{name}/{inner}");
+                    if self.admit(&full) {
+                        self.reject(&full, reason);
+                    }
+                }
+            }
+        }
+        if let Err(reason) = reader.await? {
+            self.reject(name, reason);
+        }
+        Ok(())
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Sends each regular member (within the limits) to `tx`; the error is why the archive as a
+/// whole stopped being read.
+fn read_archive(
+    path: &Path,
+    kind: ArchiveKind,
+    limits: &Limits,
+    tx: &tokio::sync::mpsc::Sender<Member>,
+) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open archive: {e}"))?;
+    let mut budget = Budget {
+        entries: 0,
+        bytes: 0,
+        limits,
+    };
+    let send = |m: Member| {
+        tx.blocking_send(m)
+            .map_err(|_| "ingest stopped".to_string())
+    };
+    match kind {
+        ArchiveKind::Tar => read_tar(tar::Archive::new(file), &mut budget, &send),
+        ArchiveKind::TarGz => read_tar(
+            tar::Archive::new(flate2::read::GzDecoder::new(file)),
+            &mut budget,
+            &send,
+        ),
+        ArchiveKind::Zip => {
+            let mut zip =
+                zip::ZipArchive::new(file).map_err(|e| format!("corrupt zip archive: {e}"))?;
+            for i in 0..zip.len() {
+                let mut entry = zip
+                    .by_index(i)
+                    .map_err(|e| format!("corrupt zip archive: {e}"))?;
+                let name = entry.name().to_string();
+                if entry.is_dir() {
+                    continue;
+                }
+                budget.entry()?;
+                if entry.is_symlink() {
+                    send(Member::Rejected(
+                        name,
+                        "not a regular file (symlink)".into(),
+                    ))?;
+                    continue;
+                }
+                match budget.read(&mut entry)? {
+                    Ok(bytes) => send(Member::File(name, bytes))?,
+                    Err(reason) => send(Member::Rejected(name, reason))?,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_tar<R: Read>(
+    mut archive: tar::Archive<R>,
+    budget: &mut Budget,
+    send: &dyn Fn(Member) -> Result<(), String>,
+) -> Result<(), String> {
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("corrupt tar archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("corrupt tar archive: {e}"))?;
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "<unnamed>".into());
+        let kind = entry.header().entry_type();
+        if kind.is_dir()
+            || kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+        {
+            continue;
+        }
+        budget.entry()?;
+        if !kind.is_file() {
+            send(Member::Rejected(
+                name,
+                "not a regular file (link or device)".into(),
+            ))?;
+            continue;
+        }
+        match budget.read(&mut entry)? {
+            Ok(bytes) => send(Member::File(name, bytes))?,
+            Err(reason) => send(Member::Rejected(name, reason))?,
+        }
+    }
+    Ok(())
+}
+
+/// Archive-wide limits: member count and uncompressed bytes (zip bombs stop here, whatever the
+/// headers claim: sizes are counted as bytes come out of the decompressor).
+struct Budget<'a> {
+    entries: u64,
+    bytes: u64,
+    limits: &'a Limits,
+}
+
+impl Budget<'_> {
+    fn entry(&mut self) -> Result<(), String> {
+        self.entries += 1;
+        if self.entries > self.limits.archive_entries {
+            return Err(format!(
+                "archive has more than {} members; the rest was not read",
+                self.limits.archive_entries
+            ));
+        }
+        Ok(())
+    }
+
+    /// Outer error: stop the archive. Inner error: reject this member.
+    fn read(&mut self, r: &mut impl Read) -> Result<Result<Vec<u8>, String>, String> {
+        let cap = self.limits.image_bytes;
+        let mut buf = Vec::new();
+        let n = r
+            .take(cap + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("corrupt archive data: {e}"))? as u64;
+        self.bytes += n;
+        if self.bytes > self.limits.archive_uncompressed_bytes {
+            return Err(format!(
+                "archive expands to more than {} bytes; the rest was not read",
+                self.limits.archive_uncompressed_bytes
+            ));
+        }
+        if n > cap {
+            // Drain without keeping, still counting against the archive budget.
+            let rest = std::io::copy(
+                &mut r.take(self.limits.archive_uncompressed_bytes),
+                &mut std::io::sink(),
+            )
+            .map_err(|e| format!("corrupt archive data: {e}"))?;
+            self.bytes += rest;
+            if self.bytes > self.limits.archive_uncompressed_bytes {
+                return Err(format!(
+                    "archive expands to more than {} bytes; the rest was not read",
+                    self.limits.archive_uncompressed_bytes
+                ));
+            }
+            return Ok(Err(format!("member is over the {cap}-byte image limit")));
+        }
+        Ok(Ok(buf))
+    }
+}

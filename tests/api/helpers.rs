@@ -1,0 +1,178 @@
+//! Spawns the service on a random port against a fresh database (one per test, from
+//! `#[sqlx::test]`) and a fresh blob directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use gapmeter::app::Application;
+use gapmeter::config::Config;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub admin: String,
+    pub blobs: tempfile::TempDir,
+}
+
+pub async fn spawn(pool: PgPool) -> TestApp {
+    spawn_with(pool, &[]).await
+}
+
+pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
+    let blobs = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", blobs.path().display());
+    let admin = format!("admin-{}", uuid::Uuid::new_v4());
+    let mut overrides = vec![
+        ("GAPMETER_SERVER__BIND", "127.0.0.1:0"),
+        ("GAPMETER_STORAGE__URL", storage.as_str()),
+        ("GAPMETER_AUTH__ADMIN_KEY", admin.as_str()),
+    ];
+    overrides.extend_from_slice(extra);
+    let config = Config::from_overrides(overrides).unwrap();
+    let app = Application::with_pool(config, pool.clone(), PathBuf::from("/nonexistent-models"))
+        .await
+        .unwrap();
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        pool,
+        admin,
+        blobs,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A new team and a read/write key for it.
+    pub async fn team(&self, name: &str) -> (String, String) {
+        let team: Value = self
+            .client
+            .post(self.url("/v1/teams"))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = team["id"].as_str().unwrap().to_string();
+        let key: Value = self
+            .client
+            .post(self.url(&format!("/v1/teams/{id}/keys")))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "name": "test" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (id, key["token"].as_str().unwrap().to_string())
+    }
+
+    pub async fn dataset(&self, key: &str, name: &str) -> String {
+        let resp = self
+            .client
+            .post(self.url("/v1/datasets"))
+            .bearer_auth(key)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        resp.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Uploads named byte blobs as one multipart request.
+    pub async fn upload(
+        &self,
+        key: &str,
+        dataset: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        }
+        self.client
+            .post(self.url(&format!("/v1/datasets/{dataset}/images")))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// (file name, bytes) of every file in a folder, sorted.
+pub fn folder(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn tar_gz(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(enc);
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("imgs/{name}"), bytes.as_slice())
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+pub fn zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        w.start_file(name.as_str(), opts).unwrap();
+        w.write_all(bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([seed, (x % 256) as u8, (y % 256) as u8])
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}

@@ -1,0 +1,458 @@
+//! The HTTP API end to end: a real server on a random port, a real PostgreSQL database per test.
+mod helpers;
+
+use helpers::{folder, png, root, spawn, spawn_with, tar_gz, zip};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn count(v: &Value, outcome: &str) -> usize {
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["outcome"] == outcome)
+        .count()
+}
+
+#[sqlx::test]
+async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(pool: PgPool) {
+    let app = spawn_with(pool, &[("GAPMETER_LIMITS__IMAGE_PIXELS", "40000")]).await;
+    let (_, key) = app.team("vision").await;
+    let ds = app.dataset(&key, "renders").await;
+    let a = folder(&root().join("examples/A"));
+    let b = folder(&root().join("examples/B"));
+
+    // A folder as plain multipart parts, plus three bad files among them.
+    let mut files = a.clone();
+    files.push(("corrupt.png".into(), {
+        let mut p = png(32, 32, 1);
+        p.truncate(p.len() - 40);
+        p
+    }));
+    files.push(("notes.txt".into(), b"not an image".to_vec()));
+    files.push(("huge.png".into(), png(300, 300, 2)));
+    let resp = app.upload(&key, &ds, files).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["accepted"], 24, "{v:#}");
+    assert_eq!(v["rejected"], 3);
+    let reason = |name: &str| -> String {
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        reason("corrupt.png").contains("corrupt"),
+        "{}",
+        reason("corrupt.png")
+    );
+    assert!(
+        reason("notes.txt").contains("not an image"),
+        "{}",
+        reason("notes.txt")
+    );
+    assert!(
+        reason("huge.png").contains("pixel limit"),
+        "{}",
+        reason("huge.png")
+    );
+
+    // B as a tar.gz, then A and B again in a zip: everything there is a duplicate.
+    let v: Value = app
+        .upload(&key, &ds, vec![("b.tar.gz".into(), tar_gz(&b))])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(24), Some(0)),
+        "{v:#}"
+    );
+    assert!(v["files"][0]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("b.tar.gz/imgs/"));
+    let both: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let v: Value = app
+        .upload(&key, &ds, vec![("both.zip".into(), zip(&both))])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (count(&v, "accepted"), count(&v, "duplicate")),
+        (0, 48),
+        "{v:#}"
+    );
+    assert_eq!(v["dataset"]["image_count"], 48);
+
+    // The dataset summary, and a content hash equal to `gapmeter score`'s for the same images.
+    let d: Value = app
+        .client
+        .get(app.url(&format!("/v1/datasets/{ds}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["image_count"], 48);
+    let formats: Vec<(String, i64)> = d["formats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["format"].as_str().unwrap().to_string(),
+                f["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        formats,
+        vec![("jpeg".into(), 16), ("png".into(), 16), ("webp".into(), 16)]
+    );
+    let mut hashes: Vec<blake3::Hash> = both.iter().map(|(_, b)| blake3::hash(b)).collect();
+    assert_eq!(
+        d["content_hash"].as_str().unwrap(),
+        gapmeter::score::dataset_hash(&mut hashes)
+    );
+
+    // Images page through by hash.
+    let p1: Value = app
+        .client
+        .get(app.url(&format!("/v1/datasets/{ds}/images?limit=30")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p1["items"].as_array().unwrap().len(), 30);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let p2: Value = app
+        .client
+        .get(app.url(&format!(
+            "/v1/datasets/{ds}/images?limit=30&cursor={cursor}"
+        )))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p2["items"].as_array().unwrap().len(), 18);
+    assert!(p2["next_cursor"].is_null());
+}
+
+#[sqlx::test]
+async fn deleting_a_dataset_collects_blobs_no_other_dataset_uses(pool: PgPool) {
+    let app = spawn(pool).await;
+    let (_, key) = app.team("t").await;
+    let (one, two) = (
+        app.dataset(&key, "one").await,
+        app.dataset(&key, "two").await,
+    );
+    app.upload(
+        &key,
+        &one,
+        vec![
+            ("a.png".into(), png(8, 8, 1)),
+            ("b.png".into(), png(8, 8, 2)),
+        ],
+    )
+    .await;
+    app.upload(&key, &two, vec![("a.png".into(), png(8, 8, 1))])
+        .await;
+    let blobs = || {
+        walkdir::WalkDir::new(app.blobs.path())
+            .into_iter()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .contains("/images/")
+                    && e.as_ref().unwrap().file_type().is_file()
+            })
+            .count()
+    };
+    assert_eq!(blobs(), 2);
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/datasets/{one}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(blobs(), 1);
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/datasets/{two}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(blobs(), 0);
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/datasets/{two}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "/problems/not-found");
+    assert_eq!(p["status"], 404);
+}
+
+#[sqlx::test]
+async fn every_route_needs_a_valid_key_and_hides_other_teams_data(pool: PgPool) {
+    let app = spawn(pool).await;
+    let (team, key) = app.team("owner").await;
+    let (_, other) = app.team("other").await;
+    let ds = app.dataset(&key, "private").await;
+    // A key, revoked.
+    let revoked: Value = app
+        .client
+        .post(app.url(&format!("/v1/teams/{team}/keys")))
+        .bearer_auth(&app.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{}", revoked["id"].as_str().unwrap())))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let revoked = revoked["token"].as_str().unwrap().to_string();
+
+    // (method, path, id-bearing: another team's key must get 404)
+    let routes: Vec<(&str, String, bool)> = vec![
+        ("POST", "/v1/datasets".into(), false),
+        ("GET", "/v1/datasets".into(), false),
+        ("GET", format!("/v1/datasets/{ds}"), true),
+        ("GET", format!("/v1/datasets/{ds}/images"), true),
+        ("POST", format!("/v1/datasets/{ds}/images"), true),
+        ("DELETE", format!("/v1/datasets/{ds}"), true),
+        ("POST", "/v1/teams".into(), false),
+        ("POST", format!("/v1/teams/{team}/keys"), false),
+        (
+            "DELETE",
+            format!("/v1/keys/{}", uuid::Uuid::new_v4()),
+            false,
+        ),
+    ];
+    let send = |method: &str, path: &str, token: Option<&str>| {
+        let url = app.url(path);
+        let mut req = match method {
+            "GET" => app.client.get(url),
+            "DELETE" => app.client.delete(url),
+            _ => app.client.post(url),
+        };
+        if path.ends_with("/images") && method == "POST" {
+            req = req.multipart(reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(png(4, 4, 9)).file_name("x.png"),
+            ));
+        } else if method == "POST" {
+            req = req.json(&json!({ "name": "n" }));
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for (method, path, id_bearing) in &routes {
+        for token in [
+            None,
+            Some(revoked.as_str()),
+            Some("gm_nonexistent_secret"),
+            Some("garbage"),
+        ] {
+            let r = send(method, path, token).await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {token:?}");
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+        }
+        if *id_bearing {
+            let r = send(method, path, Some(&other)).await.unwrap();
+            assert_eq!(r.status(), 404, "{method} {path} with another team's key");
+        }
+    }
+    // Team keys are not admin keys.
+    let r = send("POST", "/v1/teams", Some(&key)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    // The owner still sees the dataset: nothing above touched it.
+    let r = send("GET", &format!("/v1/datasets/{ds}"), Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[sqlx::test]
+async fn health_readiness_metrics_and_request_ids(pool: PgPool) {
+    let app = spawn(pool).await;
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    let r: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "ready", "{r}");
+    let (_, key) = app.team("m").await;
+    let ds = app.dataset(&key, "d").await;
+    app.upload(
+        &key,
+        &ds,
+        vec![
+            ("a.png".into(), png(8, 8, 3)),
+            ("x.txt".into(), b"x".to_vec()),
+        ],
+    )
+    .await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("gapmeter_http_requests_total{method=\"POST\",route=\"/v1/datasets/{id}/images\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("gapmeter_upload_files_total{outcome=\"accepted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gapmeter_upload_files_total{outcome=\"rejected\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gapmeter_http_request_duration_seconds_bucket"));
+}
+
+#[sqlx::test]
+async fn file_uris_only_under_allowed_roots_and_never_through_symlinks(pool: PgPool) {
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(allowed.path().join("a.png"), png(8, 8, 1)).unwrap();
+    std::fs::write(outside.path().join("secret.png"), png(8, 8, 2)).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.png"),
+        allowed.path().join("link.png"),
+    )
+    .unwrap();
+    let roots = format!("[\"{}\"]", allowed.path().display());
+    let app = spawn_with(pool, &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())]).await;
+    let (_, key) = app.team("t").await;
+    let create = |uri: String| {
+        app.client
+            .post(app.url("/v1/datasets"))
+            .bearer_auth(&key)
+            .json(&json!({ "name": "from-uri", "uri": uri }))
+            .send()
+    };
+
+    let r = create(format!("file://{}", allowed.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["image_count"], 1, "{v:#}");
+    assert_eq!(v["status"], "ready");
+    let link = v["ingest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "link.png")
+        .unwrap()
+        .clone();
+    assert_eq!(link["outcome"], "rejected");
+
+    for uri in [
+        format!("file://{}", outside.path().display()),
+        format!(
+            "file://{}/../{}",
+            allowed.path().display(),
+            outside.path().file_name().unwrap().to_string_lossy()
+        ),
+    ] {
+        let r = create(uri.clone()).await.unwrap();
+        assert_eq!(r.status(), 403, "{uri}");
+    }
+    // Loopback HTTP is refused by default (no reaching the instance's own network).
+    let r = create("http://127.0.0.1:9/x.png".into()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = create("ftp://example/x".into()).await.unwrap();
+    assert_eq!(r.status(), 422);
+}
+
+#[sqlx::test]
+async fn archive_limits_stop_bombs(pool: PgPool) {
+    let app = spawn_with(
+        pool,
+        &[
+            ("GAPMETER_LIMITS__ARCHIVE_ENTRIES", "5"),
+            ("GAPMETER_LIMITS__FILES_PER_REQUEST", "100"),
+        ],
+    )
+    .await;
+    let (_, key) = app.team("t").await;
+    let ds = app.dataset(&key, "d").await;
+    let many: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("{i}.png"), png(6, 6, i as u8)))
+        .collect();
+    let v: Value = app
+        .upload(&key, &ds, vec![("many.zip".into(), zip(&many))])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["accepted"], 5, "{v:#}");
+    let last = v["files"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 5 members"),
+        "{last}"
+    );
+}
+
+#[test]
+fn committed_openapi_spec_is_current() {
+    let committed =
+        std::fs::read_to_string(root().join("openapi/openapi.json")).unwrap_or_default();
+    let current = gapmeter::api::openapi_json();
+    assert!(
+        committed.trim() == current.trim(),
+        "openapi/openapi.json is stale: run `gapmeter openapi > openapi/openapi.json`"
+    );
+}
