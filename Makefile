@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test setup models examples fixtures openapi bench lint fmt
+.PHONY: run demo test setup models examples fixtures openapi bench bench-upload lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -44,6 +44,10 @@ openapi: setup
 ## at opt-level 3; the heavy lifting is inside libtorch either way).
 bench: models
 	$(WITH) cargo bench --profile dev --bench metrics
+
+## bench-upload: stream a ~500 MB upload into the service, print peak memory (needs PostgreSQL)
+bench-upload: setup
+	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench upload_memory
 
 ## lint: formatting and clippy, as CI runs them
 lint:
