@@ -1,11 +1,13 @@
 //! Datasets: create (empty or from a URI), list, show, list images, upload images, delete.
 use std::io::Write;
 
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{check_name, multipart_rejection, ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal};
 use crate::ingest::{self, looks_like_archive, IngestSummary, Ingestor, Outcome, UriError};
 use crate::store::{self, Dataset, DatasetId, DatasetImage, Scope};
@@ -13,10 +15,16 @@ use crate::store::{self, Dataset, DatasetId, DatasetImage, Scope};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDataset {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// Optional source: `file://` (under the instance's allowed roots), `http(s)://` (an image or
     /// archive), `s3://`, `gs://`, `az://` (a prefix). Ingested before the response.
     #[serde(default)]
+    #[schema(pattern = "^(file|https?|s3|gs|az|abfss?)://")]
     pub uri: Option<String>,
 }
 
@@ -50,22 +58,35 @@ pub struct ImagePage {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+#[serde(deny_unknown_fields)]
+pub struct DatasetPageQuery {
     /// From the previous page's `next_cursor`.
-    pub cursor: Option<String>,
-    /// Items per page, 1 to 500 (default 50).
+    #[param(format = Uuid)]
+    pub cursor: Option<DatasetId>,
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
-impl PageQuery {
-    fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(50),
-            Some(l) if (1..=500).contains(&l) => Ok(l),
-            Some(l) => Err(ApiError::Unprocessable(format!(
-                "limit must be 1 to 500, got {l}"
-            ))),
-        }
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePageQuery {
+    /// From the previous page's `next_cursor` (an image hash).
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    pub cursor: Option<String>,
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(l) if (1..=500).contains(&l) => Ok(l),
+        Some(l) => Err(ApiError::Unprocessable(format!(
+            "limit must be 1 to 500, got {l}"
+        ))),
     }
 }
 
@@ -75,32 +96,22 @@ fn bad_cursor() -> ApiError {
 
 /// `POST /v1/datasets`
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", request_body = CreateDataset,
-    responses((status = 201, body = DatasetWithIngest), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 422, body = super::Problem)),
+    responses((status = 201, body = DatasetWithIngest), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
-    Json(body): Json<CreateDataset>,
+    ApiJson(body): ApiJson<CreateDataset>,
 ) -> Result<(StatusCode, HeaderMap, Json<DatasetWithIngest>), ApiError> {
     let team = who.team(Scope::Write)?;
-    if body.name.trim().is_empty() || body.name.len() > 200 {
-        return Err(ApiError::Unprocessable(
-            "name must be 1 to 200 characters".into(),
-        ));
-    }
+    check_name(&body.name)?;
     let status = if body.uri.is_some() {
         "ingesting"
     } else {
         "ready"
     };
-    let ds = store::create_dataset(
-        &state.pool,
-        team,
-        body.name.trim(),
-        body.uri.as_deref(),
-        status,
-    )
-    .await?;
+    let ds =
+        store::create_dataset(&state.pool, team, &body.name, body.uri.as_deref(), status).await?;
     let mut ingest_summary = None;
     if let Some(uri) = &body.uri {
         let mut ing = Ingestor::new(&state.pool, &state.blobs, &state.config.limits, ds.id);
@@ -145,22 +156,17 @@ pub async fn create(
 }
 
 /// `GET /v1/datasets`: the team's datasets, newest first.
-#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery),
-    responses((status = 200, body = DatasetPage), (status = 401, body = super::Problem), (status = 422, body = super::Problem)),
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(DatasetPageQuery),
+    responses((status = 200, body = DatasetPage), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<DatasetPageQuery>,
 ) -> Result<Json<DatasetPage>, ApiError> {
     let team = who.team(Scope::Read)?;
-    let limit = q.limit()?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<DatasetId>().map_err(|_| bad_cursor()))
-        .transpose()?;
-    let page = store::list_datasets(&state.pool, team, cursor, limit).await?;
+    let limit = page_limit(q.limit)?;
+    let page = store::list_datasets(&state.pool, team, q.cursor, limit).await?;
     Ok(Json(DatasetPage {
         items: page.items,
         next_cursor: page.next_cursor,
@@ -170,12 +176,12 @@ pub async fn list(
 /// `GET /v1/datasets/{id}`: counts, content hash, per-format summary.
 #[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id")),
-    responses((status = 200, body = Dataset), (status = 401, body = super::Problem), (status = 404, body = super::Problem)),
+    responses((status = 200, body = Dataset), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<DatasetId>,
+    ApiPath(id): ApiPath<DatasetId>,
 ) -> Result<Json<Dataset>, ApiError> {
     let team = who.team(Scope::Read)?;
     let ds = store::get_dataset(&state.pool, team, id)
@@ -186,17 +192,17 @@ pub async fn get(
 
 /// `GET /v1/datasets/{id}/images`: by content hash.
 #[utoipa::path(get, path = "/v1/datasets/{id}/images", tag = "datasets",
-    params(("id" = String, Path, format = Uuid, description = "dataset id"), PageQuery),
-    responses((status = 200, body = ImagePage), (status = 401, body = super::Problem), (status = 404, body = super::Problem), (status = 422, body = super::Problem)),
+    params(("id" = String, Path, format = Uuid, description = "dataset id"), ImagePageQuery),
+    responses((status = 200, body = ImagePage), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn images(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<DatasetId>,
-    Query(q): Query<PageQuery>,
+    ApiPath(id): ApiPath<DatasetId>,
+    ApiQuery(q): ApiQuery<ImagePageQuery>,
 ) -> Result<Json<ImagePage>, ApiError> {
     let team = who.team(Scope::Read)?;
-    let limit = q.limit()?;
+    let limit = page_limit(q.limit)?;
     let cursor = q
         .cursor
         .as_deref()
@@ -219,12 +225,12 @@ pub async fn images(
 /// `DELETE /v1/datasets/{id}`: blobs no other dataset uses are deleted too.
 #[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id")),
-    responses((status = 204, description = "deleted"), (status = 401, body = super::Problem), (status = 404, body = super::Problem)),
+    responses((status = 204, description = "deleted"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<DatasetId>,
+    ApiPath(id): ApiPath<DatasetId>,
 ) -> Result<StatusCode, ApiError> {
     let team = who.team(Scope::Write)?;
     if store::delete_dataset(&state.pool, &state.blobs, team, id).await? {
@@ -249,15 +255,16 @@ pub struct UploadForm {
 #[utoipa::path(post, path = "/v1/datasets/{id}/images", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem), (status = 401, body = super::Problem), (status = 404, body = super::Problem), (status = 413, body = super::Problem)),
+    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<DatasetId>,
-    mut form: Multipart,
+    ApiPath(id): ApiPath<DatasetId>,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<UploadResult>, ApiError> {
     let team = who.team(Scope::Write)?;
+    let mut form = form.map_err(multipart_rejection)?;
     store::get_dataset(&state.pool, team, id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset"))?;
@@ -305,6 +312,15 @@ pub async fn upload(
         Ok(())
     }
     .await;
+    let result = result.and_then(|()| {
+        if index == 0 {
+            Err(ApiError::Unprocessable(
+                "the upload contains no file parts".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    });
     state
         .metrics
         .upload_bytes

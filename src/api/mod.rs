@@ -4,6 +4,7 @@
 mod auth;
 mod datasets;
 mod error;
+mod extract;
 mod health;
 mod teams;
 mod telemetry;

@@ -1,15 +1,21 @@
 //! Teams and keys, for admins.
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
+use super::extract::{check_name, ApiJson, ApiPath};
 use super::{ApiError, AppState, Principal};
 use crate::store::{self, KeyId, NewKey, Scope, Team, TeamId};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeam {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 
@@ -17,48 +23,44 @@ pub struct CreateTeam {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub name: String,
     /// Default: read and write.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub scopes: Option<Vec<Scope>>,
-}
-
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::Unprocessable(
-            "name must be 1 to 200 characters".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// `POST /v1/teams` (admin)
 #[utoipa::path(post, path = "/v1/teams", tag = "admin", request_body = CreateTeam,
-    responses((status = 201, body = Team), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 409, body = super::Problem), (status = 422, body = super::Problem)),
+    responses((status = 201, body = Team), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create_team(
     State(state): State<AppState>,
     who: Principal,
-    Json(body): Json<CreateTeam>,
+    ApiJson(body): ApiJson<CreateTeam>,
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
     who.require(Scope::Admin)?;
     check_name(&body.name)?;
-    let team = store::create_team(&state.pool, body.name.trim()).await?;
+    let team = store::create_team(&state.pool, &body.name).await?;
     Ok((StatusCode::CREATED, Json(team)))
 }
 
 /// `POST /v1/teams/{id}/keys` (admin): the token is in the response, once.
 #[utoipa::path(post, path = "/v1/teams/{id}/keys", tag = "admin", request_body = CreateKey,
     params(("id" = String, Path, format = Uuid, description = "team id")),
-    responses((status = 201, body = NewKey), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 404, body = super::Problem), (status = 422, body = super::Problem)),
+    responses((status = 201, body = NewKey), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<TeamId>,
-    Json(body): Json<CreateKey>,
+    ApiPath(id): ApiPath<TeamId>,
+    ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
     who.require(Scope::Admin)?;
+    if !body.name.is_empty() {
+        check_name(&body.name)?;
+    }
     let scopes = body
         .scopes
         .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
@@ -76,12 +78,12 @@ pub async fn create_key(
 /// `DELETE /v1/keys/{id}` (admin): revokes the key at once.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "admin",
     params(("id" = String, Path, format = Uuid, description = "key id")),
-    responses((status = 204, description = "revoked"), (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 404, body = super::Problem)),
+    responses((status = 204, description = "revoked"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<KeyId>,
+    ApiPath(id): ApiPath<KeyId>,
 ) -> Result<StatusCode, ApiError> {
     who.require(Scope::Admin)?;
     if store::revoke_key(&state.pool, id).await? {
