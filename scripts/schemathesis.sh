@@ -22,6 +22,9 @@ export DATABASE_URL="${base%/*}/$db"
 export GAPMETER_SERVER__BIND="127.0.0.1:$port"
 export GAPMETER_STORAGE__URL="file://$work/blobs"
 export GAPMETER_AUTH__ADMIN_KEY="schemathesis-admin"
+# Fuzzed dataset URIs must not make the server reach out: no http(s), no object stores.
+export GAPMETER_INGEST__ALLOW_HTTP=false
+export GAPMETER_INGEST__ALLOW_OBJECT_STORE=false
 cleanup() {
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true

@@ -54,6 +54,7 @@ pub struct Limits {
 pub struct IngestConfig {
     pub file_roots: Vec<PathBuf>,
     pub allow_http: bool,
+    pub allow_object_store: bool,
     pub allow_private_addresses: bool,
 }
 

@@ -105,6 +105,9 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<DatasetWithIngest>), ApiError> {
     let team = who.team(Scope::Write)?;
     check_name(&body.name)?;
+    if let Some(uri) = &body.uri {
+        ingest::check_uri(uri).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    }
     let status = if body.uri.is_some() {
         "ingesting"
     } else {

@@ -25,6 +25,24 @@ pub enum UriError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Checks a dataset URI's form before anything is created: a parseable URL of a supported scheme,
+/// without control characters.
+pub fn check_uri(uri: &str) -> Result<(), UriError> {
+    if uri.chars().any(char::is_control) {
+        return Err(UriError::Invalid(
+            "the URI must not contain control characters".into(),
+        ));
+    }
+    let url =
+        url::Url::parse(uri).map_err(|e| UriError::Invalid(format!("invalid URI {uri:?}: {e}")))?;
+    match url.scheme() {
+        "file" | "http" | "https" | "s3" | "gs" | "az" | "abfs" | "abfss" => Ok(()),
+        other => Err(UriError::Invalid(format!(
+            "unsupported URI scheme {other:?}: use file, http(s), s3, gs or az"
+        ))),
+    }
+}
+
 /// Ingests everything a dataset URI names into the ingestor's dataset.
 pub async fn ingest_uri(
     ing: &mut Ingestor<'_>,
@@ -38,6 +56,12 @@ pub async fn ingest_uri(
         "file" => ingest_file_uri(ing, &url, cfg).await,
         "http" | "https" => ingest_http(ing, &url, cfg, request_bytes).await,
         "s3" | "gs" | "az" | "abfs" | "abfss" => {
+            if !cfg.allow_object_store {
+                return Err(UriError::Forbidden(
+                    "object-store URIs are disabled on this instance (ingest.allow_object_store)"
+                        .into(),
+                ));
+            }
             ingest_object_store(ing, &url, request_bytes).await
         }
         other => Err(UriError::Invalid(format!(
