@@ -24,7 +24,7 @@ pub struct CreateDataset {
     /// Optional source: `file://` (under the instance's allowed roots), `http(s)://` (an image or
     /// archive), `s3://`, `gs://`, `az://` (a prefix). Ingested before the response.
     #[serde(default)]
-    #[schema(pattern = "^(file|https?|s3|gs|az|abfss?)://")]
+    #[schema(pattern = r"^(file|https?|s3|gs|az|abfss?)://[^\u0000-\u001F\u007F-\u009F]*$")]
     pub uri: Option<String>,
 }
 
@@ -248,7 +248,7 @@ pub async fn delete(
 #[allow(dead_code)]
 pub struct UploadForm {
     /// Images (JPEG, PNG, WebP, GIF, BMP, TIFF) or archives (.tar, .tar.gz, .zip) of them.
-    #[schema(value_type = Vec<String>, format = Binary)]
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1)]
     files: Vec<Vec<u8>>,
 }
 
@@ -275,14 +275,16 @@ pub async fn upload(
     let mut ing = Ingestor::new(&state.pool, &state.blobs, limits, id);
     let mut received = 0u64;
     let mut index = 0usize;
+    let mut non_files: Vec<String> = Vec::new();
     let result: Result<(), ApiError> = async {
         while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+            // A part without a file name is a form field, not a file: skipped (and reported).
+            let Some(name) = field.file_name().map(str::to_string) else {
+                non_files.push(field.name().unwrap_or("").to_string());
+                while field.chunk().await.map_err(multipart_error)?.is_some() {}
+                continue;
+            };
             index += 1;
-            let name = field
-                .file_name()
-                .map(str::to_string)
-                .or_else(|| field.name().map(|n| format!("{n}#{index}")))
-                .unwrap_or_else(|| format!("part#{index}"));
             // An archive may be as large as the request; a single image only as the image limit.
             let cap = if looks_like_archive(&name) {
                 limits.request_bytes
@@ -315,10 +317,16 @@ pub async fn upload(
         Ok(())
     }
     .await;
+    for field in &non_files {
+        ing.reject(
+            &format!("form field {field:?}"),
+            "not a file part (no filename)",
+        );
+    }
     let result = result.and_then(|()| {
         if index == 0 {
             Err(ApiError::Unprocessable(
-                "the upload contains no file parts".into(),
+                "the upload contains no file parts (parts with a filename)".into(),
             ))
         } else {
             Ok(())
