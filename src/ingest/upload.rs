@@ -321,18 +321,8 @@ fn read_archive(
                 if entry.is_dir() {
                     continue;
                 }
-                budget.entry()?;
-                if entry.is_symlink() {
-                    send(Member::Rejected(
-                        name,
-                        "not a regular file (symlink)".into(),
-                    ))?;
-                    continue;
-                }
-                match budget.read(&mut entry)? {
-                    Ok(bytes) => send(Member::File(name, bytes))?,
-                    Err(reason) => send(Member::Rejected(name, reason))?,
-                }
+                let irregular = entry.is_symlink().then_some("not a regular file (symlink)");
+                budget.member(name, irregular, &mut entry, &send)?;
             }
             Ok(())
         }
@@ -361,18 +351,8 @@ fn read_tar<R: Read>(
         {
             continue;
         }
-        budget.entry()?;
-        if !kind.is_file() {
-            send(Member::Rejected(
-                name,
-                "not a regular file (link or device)".into(),
-            ))?;
-            continue;
-        }
-        match budget.read(&mut entry)? {
-            Ok(bytes) => send(Member::File(name, bytes))?,
-            Err(reason) => send(Member::Rejected(name, reason))?,
-        }
+        let irregular = (!kind.is_file()).then_some("not a regular file (link or device)");
+        budget.member(name, irregular, &mut entry, send)?;
     }
     Ok(())
 }
@@ -386,6 +366,25 @@ struct Budget<'a> {
 }
 
 impl Budget<'_> {
+    /// Counts one member and sends it on, or its rejection when it is not a regular file or
+    /// over the image limit.
+    fn member(
+        &mut self,
+        name: String,
+        irregular: Option<&str>,
+        r: &mut impl Read,
+        send: &dyn Fn(Member) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.entry()?;
+        if let Some(why) = irregular {
+            return send(Member::Rejected(name, why.into()));
+        }
+        match self.read(r)? {
+            Ok(bytes) => send(Member::File(name, bytes)),
+            Err(reason) => send(Member::Rejected(name, reason)),
+        }
+    }
+
     fn entry(&mut self) -> Result<(), String> {
         self.entries += 1;
         if self.entries > self.limits.archive_entries {
