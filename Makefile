@@ -32,9 +32,10 @@ models: setup
 examples: setup
 	$(WITH) bash -c '"$$GAPMETER_PYTHON" scripts/make_examples.py'
 
-## fixtures: regenerate reference values with pytorch-fid, torch-fidelity and clean-fid (PyPI)
+## fixtures: regenerate reference values with pytorch-fid, torch-fidelity, clean-fid, prdc and
+## Pillow (PyPI, own venv): metric values, decode/resize pixels, end-to-end FID parity
 fixtures: models
-	$(WITH) bash -c '"$$(scripts/reference/setup.sh)" scripts/reference/make_metric_fixtures.py'
+	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && "$$py" scripts/reference/make_metric_fixtures.py && "$$py" scripts/reference/make_imaging_fixtures.py && "$$py" scripts/reference/make_extractor_fixtures.py'
 
 ## openapi: regenerate openapi/openapi.json from the code
 openapi: setup

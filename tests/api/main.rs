@@ -461,3 +461,66 @@ fn committed_openapi_spec_is_current() {
         "openapi/openapi.json is stale: run `gapmeter openapi > openapi/openapi.json`"
     );
 }
+
+#[sqlx::test]
+async fn http_uris_fetch_an_image_or_an_archive(pool: PgPool) {
+    // A tiny file server on loopback; the instance is told loopback is fine for this test only.
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("{i}.png"), png(5, 5, 40 + i as u8)))
+        .collect();
+    let archive = tar_gz(&files);
+    let single = png(7, 7, 99);
+    let server = axum::Router::new()
+        .route(
+            "/set.tar.gz",
+            axum::routing::get(move || async move { archive.clone() }),
+        )
+        .route(
+            "/one.png",
+            axum::routing::get(move || async move { single.clone() }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, server).await.unwrap() });
+
+    let app = spawn_with(
+        pool,
+        &[("GAPMETER_INGEST__ALLOW_PRIVATE_ADDRESSES", "true")],
+    )
+    .await;
+    let (_, key) = app.team("t").await;
+    for (path, count) in [("set.tar.gz", 3), ("one.png", 1)] {
+        let r = app
+            .client
+            .post(app.url("/v1/datasets"))
+            .bearer_auth(&key)
+            .json(&json!({ "name": path, "uri": format!("http://127.0.0.1:{port}/{path}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["image_count"], count, "{v:#}");
+    }
+    let r = app
+        .client
+        .post(app.url("/v1/datasets"))
+        .bearer_auth(&key)
+        .json(&json!({ "name": "missing", "uri": format!("http://127.0.0.1:{port}/nope.png") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // A failed ingest leaves no empty dataset behind.
+    let list: Value = app
+        .client
+        .get(app.url("/v1/datasets"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+}
