@@ -62,11 +62,10 @@ impl Registry {
                 return Ok(m);
             }
         }
-        let (all, _) = self.list();
-        if let Some(m) = all.into_iter().find(|m| m.id == id) {
-            return Ok(m);
+        let (mut all, _) = self.list();
+        if let Some(i) = all.iter().position(|m| m.id == id) {
+            return Ok(all.swap_remove(i));
         }
-        let (all, _) = self.list();
         let ids: Vec<_> = all.iter().map(|m| m.id.as_str()).collect();
         bail!(
             "no extractor {id:?} in {} (available: {}); `make models` writes the test extractors, \

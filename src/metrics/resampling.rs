@@ -71,14 +71,16 @@ pub fn extrapolation_sizes(n: usize, points: usize, minimum: usize) -> Vec<usize
 
 /// Evaluates `metric` on seeded random subsets of the source of each size in `sizes` (the target
 /// is used whole, as Chong & Forsyth do with the reference statistics) and extrapolates to N = ∞.
-pub fn extrapolate<F>(
+/// `metric`'s own error type passes through unchanged.
+pub fn extrapolate<F, E>(
     n_source: usize,
     sizes: &[usize],
     seed: u32,
     mut metric: F,
-) -> Result<Extrapolation, MetricError>
+) -> Result<Extrapolation, E>
 where
-    F: FnMut(&[usize]) -> Result<f64, MetricError>,
+    F: FnMut(&[usize]) -> Result<f64, E>,
+    E: From<MetricError>,
 {
     let mut rng = LegacyRandomState::new(seed);
     let mut points = Vec::with_capacity(sizes.len());
@@ -86,7 +88,7 @@ where
         let idx = rng.choice_without_replacement(n_source, size);
         points.push((size, metric(&idx)?));
     }
-    fit_inverse_n(points)
+    Ok(fit_inverse_n(points)?)
 }
 
 /// Bootstrap settings: resamples, interval level, seed.
@@ -111,34 +113,37 @@ pub struct Interval {
 /// Percentile bootstrap: resamples both sets with replacement (seeded), evaluates `metric` on each
 /// pair of index lists — it may return several values, one per quantity — and returns the central
 /// `level` interval of each (linear interpolation between order statistics, as numpy's default
-/// percentile).
+/// percentile). `metric`'s own error type passes through unchanged.
 ///
 /// ```
 /// use gapmeter::metrics::{bootstrap, BootstrapParams};
 /// let data = [1.0, 2.0, 3.0, 4.0, 5.0];
 /// let p = BootstrapParams { resamples: 200, level: 0.9, seed: 1 };
-/// let ci = bootstrap(5, 0, &p, |s, _| Ok(vec![s.iter().map(|&i| data[i]).sum::<f64>() / 5.0])).unwrap();
+/// let mean = |s: &[usize]| s.iter().map(|&i| data[i]).sum::<f64>() / 5.0;
+/// let ci = bootstrap(5, 0, &p, |s, _| Ok::<_, gapmeter::metrics::MetricError>(vec![mean(s)])).unwrap();
 /// assert!(ci[0].low < 3.0 && 3.0 < ci[0].high);
 /// ```
-pub fn bootstrap<F>(
+pub fn bootstrap<F, E>(
     n_source: usize,
     n_target: usize,
     params: &BootstrapParams,
     mut metric: F,
-) -> Result<Vec<Interval>, MetricError>
+) -> Result<Vec<Interval>, E>
 where
-    F: FnMut(&[usize], &[usize]) -> Result<Vec<f64>, MetricError>,
+    F: FnMut(&[usize], &[usize]) -> Result<Vec<f64>, E>,
+    E: From<MetricError>,
 {
     if params.resamples < 2 {
-        return Err(MetricError::InvalidParameter(
-            "bootstrap needs at least 2 resamples".into(),
-        ));
+        return Err(
+            MetricError::InvalidParameter("bootstrap needs at least 2 resamples".into()).into(),
+        );
     }
     if !(params.level > 0.0 && params.level < 1.0) {
         return Err(MetricError::InvalidParameter(format!(
             "interval level must be in (0, 1), got {}",
             params.level
-        )));
+        ))
+        .into());
     }
     let mut rng = LegacyRandomState::new(params.seed);
     let mut draw = |n: usize| -> Vec<usize> {
@@ -157,7 +162,8 @@ where
         if values.len() != columns.len() {
             return Err(MetricError::InvalidParameter(
                 "bootstrap metric changed its number of outputs".into(),
-            ));
+            )
+            .into());
         }
         for (c, v) in columns.iter_mut().zip(values) {
             c.push(v);
@@ -220,7 +226,7 @@ mod tests {
             seed: 7,
         };
         let mean_of = |idx: &[usize]| idx.iter().map(|&i| data[i]).sum::<f64>() / idx.len() as f64;
-        let ci = bootstrap(200, 1, &p, |s, _| Ok(vec![mean_of(s)]))
+        let ci = bootstrap(200, 1, &p, |s, _| Ok::<_, MetricError>(vec![mean_of(s)]))
             .unwrap()
             .remove(0);
         assert!(ci.low < truth && truth < ci.high, "{ci:?}");
@@ -228,13 +234,13 @@ mod tests {
         assert!(ci.std > 1.0 && ci.std < 3.5, "{ci:?}");
         assert_eq!(
             ci,
-            bootstrap(200, 1, &p, |s, _| Ok(vec![mean_of(s)])).unwrap()[0]
+            bootstrap(200, 1, &p, |s, _| Ok::<_, MetricError>(vec![mean_of(s)])).unwrap()[0]
         );
     }
 
     #[test]
     fn extrapolation_recovers_a_known_line() {
-        let metric = |idx: &[usize]| Ok(2.5 + 40.0 / idx.len() as f64);
+        let metric = |idx: &[usize]| Ok::<f64, MetricError>(2.5 + 40.0 / idx.len() as f64);
         let fit = extrapolate(500, &extrapolation_sizes(500, 8, 2), 1, metric).unwrap();
         assert!((fit.value - 2.5).abs() < 1e-9 && (fit.r2 - 1.0).abs() < 1e-12);
     }

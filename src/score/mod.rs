@@ -289,33 +289,20 @@ fn add_bootstrap(
         bail!("--bootstrap needs per-sample features on both sides (.npz statistics cannot be resampled)");
     };
     let mut names: Vec<String> = Vec::new();
-    let mut failure: Option<anyhow::Error> = None;
-    let intervals = metrics::bootstrap(ns, nt, bp, |si, ti| {
-        let mut run = || -> anyhow::Result<Vec<f64>> {
-            let (a, b) = (s.data.select(si)?, t.data.select(ti)?);
-            let mut ignored = Vec::new();
-            let mut out = Vec::new();
-            let mut these = Vec::new();
-            for &m in chosen {
-                for (name, v) in compute(m, &a, &b, p, &mut ignored)? {
-                    these.push(name);
-                    out.push(v.primary());
-                }
+    let intervals = metrics::bootstrap(ns, nt, bp, |si, ti| -> anyhow::Result<Vec<f64>> {
+        let (a, b) = (s.data.select(si)?, t.data.select(ti)?);
+        let mut ignored = Vec::new();
+        let mut out = Vec::new();
+        names.clear();
+        for &m in chosen {
+            for (name, v) in compute(m, &a, &b, p, &mut ignored)? {
+                names.push(name);
+                out.push(v.primary());
             }
-            names = these;
-            Ok(out)
-        };
-        run().map_err(|e| {
-            let msg = format!("{e:#}");
-            failure = Some(e);
-            metrics::MetricError::InvalidParameter(msg)
-        })
-    });
-    let intervals = match (intervals, failure) {
-        (Ok(i), _) => i,
-        (Err(_), Some(e)) => return Err(e.context("bootstrap resample")),
-        (Err(e), None) => return Err(e.into()),
-    };
+        }
+        Ok(out)
+    })
+    .context("bootstrap resample")?;
     for (name, ci) in names.into_iter().zip(intervals) {
         if let Some(v) = values.get_mut(&name) {
             v.ci = Some(ci);
@@ -344,27 +331,12 @@ fn add_infinity(
         .iter()
         .filter(|m| matches!(m, MetricName::Fid | MetricName::Kid))
     {
-        let mut failure: Option<anyhow::Error> = None;
-        let fit = metrics::extrapolate(ns, &sizes, p.kid.seed, |idx| {
-            let sub = s
-                .data
-                .select(idx)
-                .map_err(|e| metrics::MetricError::InvalidParameter(e.to_string()))?;
+        let fit = metrics::extrapolate(ns, &sizes, p.kid.seed, |idx| -> anyhow::Result<f64> {
+            let sub = s.data.select(idx)?;
             let mut ignored = Vec::new();
-            match compute(m, &sub, &t.data, p, &mut ignored) {
-                Ok(v) => Ok(v[0].1.primary()),
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    failure = Some(e);
-                    Err(metrics::MetricError::InvalidParameter(msg))
-                }
-            }
-        });
-        let fit = match (fit, failure) {
-            (Ok(f), _) => f,
-            (Err(_), Some(e)) => return Err(e.context("N → ∞ extrapolation")),
-            (Err(e), None) => return Err(e.into()),
-        };
+            Ok(compute(m, &sub, &t.data, p, &mut ignored)?[0].1.primary())
+        })
+        .context("N → ∞ extrapolation")?;
         if fit.r2 < 0.9 {
             warnings.push(format!(
                 "{}∞ fit against 1/N is poor (R² = {:.2}): the extrapolated value is unreliable at these sample sizes",

@@ -51,28 +51,50 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
-    /// A new team and a read/write key for it.
-    pub async fn team(&self, name: &str) -> (String, String) {
-        let team: Value = self
-            .client
-            .post(self.url("/v1/teams"))
-            .bearer_auth(&self.admin)
-            .json(&json!({ "name": name }))
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
             .send()
             .await
             .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A new team and a read/write key for it.
+    pub async fn team(&self, name: &str) -> (String, String) {
+        let team: Value = self
+            .post_json("/v1/teams", &self.admin, &json!({ "name": name }))
+            .await
             .json()
             .await
             .unwrap();
         let id = team["id"].as_str().unwrap().to_string();
         let key: Value = self
-            .client
-            .post(self.url(&format!("/v1/teams/{id}/keys")))
-            .bearer_auth(&self.admin)
-            .json(&json!({ "name": "test" }))
-            .send()
+            .post_json(
+                &format!("/v1/teams/{id}/keys"),
+                &self.admin,
+                &json!({ "name": "test" }),
+            )
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -81,13 +103,8 @@ impl TestApp {
 
     pub async fn dataset(&self, key: &str, name: &str) -> String {
         let resp = self
-            .client
-            .post(self.url("/v1/datasets"))
-            .bearer_auth(key)
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .unwrap();
+            .post_json("/v1/datasets", key, &json!({ "name": name }))
+            .await;
         assert_eq!(resp.status(), 201);
         resp.json::<Value>().await.unwrap()["id"]
             .as_str()

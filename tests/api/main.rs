@@ -95,12 +95,8 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
 
     // The dataset summary, and a content hash equal to `gapmeter score`'s for the same images.
     let d: Value = app
-        .client
-        .get(app.url(&format!("/v1/datasets/{ds}")))
-        .bearer_auth(&key)
-        .send()
+        .get(&format!("/v1/datasets/{ds}"), &key)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -128,26 +124,19 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
 
     // Images page through by hash.
     let p1: Value = app
-        .client
-        .get(app.url(&format!("/v1/datasets/{ds}/images?limit=30")))
-        .bearer_auth(&key)
-        .send()
+        .get(&format!("/v1/datasets/{ds}/images?limit=30"), &key)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(p1["items"].as_array().unwrap().len(), 30);
     let cursor = p1["next_cursor"].as_str().unwrap();
     let p2: Value = app
-        .client
-        .get(app.url(&format!(
-            "/v1/datasets/{ds}/images?limit=30&cursor={cursor}"
-        )))
-        .bearer_auth(&key)
-        .send()
+        .get(
+            &format!("/v1/datasets/{ds}/images?limit=30&cursor={cursor}"),
+            &key,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -188,31 +177,13 @@ async fn deleting_a_dataset_collects_blobs_no_other_dataset_uses(pool: PgPool) {
             .count()
     };
     assert_eq!(blobs(), 2);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/datasets/{one}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/datasets/{one}"), &key).await;
     assert_eq!(r.status(), 204);
     assert_eq!(blobs(), 1);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/datasets/{two}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/datasets/{two}"), &key).await;
     assert_eq!(r.status(), 204);
     assert_eq!(blobs(), 0);
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/datasets/{two}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get(&format!("/v1/datasets/{two}"), &key).await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let p: Value = r.json().await.unwrap();
@@ -228,13 +199,8 @@ async fn every_route_needs_a_valid_key_and_hides_other_teams_data(pool: PgPool) 
     let ds = app.dataset(&key, "private").await;
     // A key, revoked.
     let revoked: Value = app
-        .client
-        .post(app.url(&format!("/v1/teams/{team}/keys")))
-        .bearer_auth(&app.admin)
-        .json(&json!({}))
-        .send()
+        .post_json(&format!("/v1/teams/{team}/keys"), &app.admin, &json!({}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -491,36 +457,25 @@ async fn http_uris_fetch_an_image_or_an_archive(pool: PgPool) {
     let (_, key) = app.team("t").await;
     for (path, count) in [("set.tar.gz", 3), ("one.png", 1)] {
         let r = app
-            .client
-            .post(app.url("/v1/datasets"))
-            .bearer_auth(&key)
-            .json(&json!({ "name": path, "uri": format!("http://127.0.0.1:{port}/{path}") }))
-            .send()
-            .await
-            .unwrap();
+            .post_json(
+                "/v1/datasets",
+                &key,
+                &json!({ "name": path, "uri": format!("http://127.0.0.1:{port}/{path}") }),
+            )
+            .await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["image_count"], count, "{v:#}");
     }
     let r = app
-        .client
-        .post(app.url("/v1/datasets"))
-        .bearer_auth(&key)
-        .json(&json!({ "name": "missing", "uri": format!("http://127.0.0.1:{port}/nope.png") }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/v1/datasets",
+            &key,
+            &json!({ "name": "missing", "uri": format!("http://127.0.0.1:{port}/nope.png") }),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     // A failed ingest leaves no empty dataset behind.
-    let list: Value = app
-        .client
-        .get(app.url("/v1/datasets"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get("/v1/datasets", &key).await.json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
 }
