@@ -7,13 +7,16 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Metrics};
 use crate::config::Config;
+use crate::features::Registry;
 use crate::store::{self, Blobs};
+use crate::worker::{Worker, WorkerOptions};
 
 /// A bound, not yet running server.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    state: AppState,
 }
 
 impl Application {
@@ -54,13 +57,26 @@ impl Application {
         };
         Ok(Self {
             listener,
-            router: api::router(state),
+            router: api::router(state.clone()),
             port,
+            state,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A worker on this service's database, blob store and models, configured by `[worker]`
+    /// and `[queue]` (what `gapmeter serve` runs in-process).
+    pub fn worker(&self) -> anyhow::Result<Worker> {
+        let options = WorkerOptions::from_config(&self.state.config)?;
+        Ok(Worker::new(
+            self.state.pool.clone(),
+            self.state.blobs.clone(),
+            Registry::new(self.state.models_dir.clone()),
+            options,
+        ))
     }
 
     /// Serves until SIGINT/SIGTERM, then finishes the requests in flight.
@@ -73,7 +89,8 @@ impl Application {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -14,6 +14,9 @@ pub struct Config {
     pub limits: Limits,
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerSettings,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +65,34 @@ pub struct IngestConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub admin_key: String,
+}
+
+/// The job queue's timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    pub poll_ms: u64,
+    pub max_attempts: i32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+/// A worker's resources (`gapmeter worker` flags override them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub in_process: bool,
+    pub device: String,
+    pub concurrency: usize,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub share_across_teams: bool,
 }
 
 /// The defaults, as shipped in `config/gapmeter.toml` (compiled in, so a binary without the file

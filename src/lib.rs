@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod score;
 pub mod store;
 pub mod util;
+pub mod worker;

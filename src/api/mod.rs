@@ -6,6 +6,7 @@ mod datasets;
 mod error;
 mod extract;
 mod health;
+mod jobs;
 mod teams;
 mod telemetry;
 
@@ -46,11 +47,12 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
 /// The OpenAPI description of every route.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "gapmeter", description = "Domain-gap measurement service: datasets, images, scores."),
+    info(title = "gapmeter", description = "Domain-gap measurement service: datasets, images, scoring jobs."),
     paths(
         health::healthz, health::readyz, telemetry::metrics,
         teams::create_team, teams::create_key, teams::revoke_key,
         datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete,
+        jobs::create, jobs::create_matrix, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
     ),
     components(schemas(
         Problem, health::Health, health::Readiness,
@@ -58,9 +60,12 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
         datasets::CreateDataset, datasets::DatasetWithIngest, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
         crate::store::Dataset, crate::store::DatasetImage, crate::store::FormatCount,
         crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
+        jobs::JobPage, jobs::ExtractorSummary, crate::store::Job, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
+        crate::worker::ScoreRequest, crate::worker::MatrixRequest, crate::worker::Parameters, crate::worker::spec::KidOptions, crate::worker::spec::IsOptions,
+        crate::worker::spec::MmdOptions, crate::worker::spec::PrdcOptions, crate::worker::spec::Bootstrap, crate::score::MetricName,
     )),
     modifiers(&BearerAuth),
-    tags((name = "datasets"), (name = "admin"), (name = "operations")),
+    tags((name = "datasets"), (name = "jobs"), (name = "admin"), (name = "operations")),
 )]
 pub struct ApiDoc;
 
@@ -106,7 +111,12 @@ pub fn router(state: AppState) -> Router {
             get(datasets::images)
                 .post(datasets::upload)
                 .layer(DefaultBodyLimit::max(upload_limit)),
-        );
+        )
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/matrix", post(jobs::create_matrix))
+        .route("/extractors", get(jobs::extractors));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
@@ -133,6 +143,8 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
         ]);
     if origins.iter().any(|o| o == "*") {
         base.allow_origin(AllowOrigin::any())

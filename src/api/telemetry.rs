@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::AppState;
@@ -17,6 +17,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub upload_files: IntCounterVec,
     pub upload_bytes: IntCounterVec,
+    /// Jobs by status, read from the queue at each scrape (workers may run anywhere).
+    pub jobs: IntGaugeVec,
 }
 
 impl Metrics {
@@ -48,12 +50,18 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(upload_files.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
+        let jobs = IntGaugeVec::new(
+            Opts::new("jobs", "Jobs in the queue by status"),
+            &["status"],
+        )?;
+        registry.register(Box::new(jobs.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
             upload_files,
             upload_bytes,
+            jobs,
         })
     }
 
@@ -91,6 +99,22 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
 /// `GET /metrics`
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match crate::store::job_counts(&state.pool).await {
+        Ok(counts) => {
+            for status in crate::store::JobStatus::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |c| c.1);
+                state
+                    .metrics
+                    .jobs
+                    .with_label_values(&[status.as_str()])
+                    .set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count jobs for /metrics"),
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

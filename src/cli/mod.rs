@@ -22,8 +22,10 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Pairwise gap table between two or more sets, each extracted once.
     Matrix(score::MatrixArgs),
-    /// Run the HTTP service.
+    /// Run the HTTP service (with an in-process worker unless --no-worker).
     Serve(service::ServeArgs),
+    /// Run jobs from the queue; any number of workers on any hosts can share one database.
+    Worker(service::WorkerArgs),
     /// Apply database migrations.
     Migrate(service::ConfigArg),
     /// Print the OpenAPI description of the HTTP API.
@@ -44,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Matrix(args) => score::run_matrix(args),
         Command::Serve(args) => service::serve(args),
+        Command::Worker(args) => service::worker(args),
         Command::Migrate(args) => service::migrate(args),
         Command::Openapi => service::openapi(),
         Command::Admin(cmd) => service::admin(cmd),

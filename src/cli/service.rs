@@ -6,8 +6,9 @@ use clap::{Args, Subcommand};
 
 use crate::app::Application;
 use crate::config::Config;
-use crate::features::default_models_dir;
-use crate::store::{self, Scope, TeamId};
+use crate::features::{default_models_dir, DeviceSpec, Registry};
+use crate::store::{self, Blobs, Scope, TeamId};
+use crate::worker::{Worker, WorkerOptions};
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
@@ -24,6 +25,27 @@ pub struct ServeArgs {
     /// Directory of extractor manifests.
     #[arg(long, env = "GAPMETER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Run no in-process worker (jobs wait for `gapmeter worker` processes).
+    #[arg(long)]
+    pub no_worker: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Directory of extractor manifests.
+    #[arg(long, env = "GAPMETER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Device for the models: cpu, cuda or cuda:N [default: worker.device].
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+    /// Jobs run at once [default: worker.concurrency].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub concurrency: Option<u64>,
+    /// Images per forward pass [default: worker.batch_size].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,10 +90,56 @@ async fn pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.config.as_deref())?;
     let models = args.models_dir.unwrap_or_else(default_models_dir);
+    let in_process = config.worker.in_process && !args.no_worker;
     runtime()?.block_on(async {
         let app = Application::build(config, models).await?;
         eprintln!("gapmeter listening on port {}", app.port());
-        app.run_until_stopped().await
+        let worker = if in_process {
+            let w = app.worker()?;
+            eprintln!("in-process worker {} started", w.id());
+            Some(tokio::spawn(w.run(crate::app::shutdown_signal())))
+        } else {
+            None
+        };
+        app.run_until_stopped().await?;
+        if let Some(w) = worker {
+            w.await??;
+        }
+        Ok(())
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.config.as_deref())?;
+    let mut options = WorkerOptions::from_config(&config)?;
+    if let Some(d) = args.device {
+        options.device = d;
+    }
+    if let Some(c) = args.concurrency {
+        options.concurrency = c as usize;
+    }
+    if let Some(b) = args.batch_size {
+        options.batch_size = b as usize;
+    }
+    let models = args.models_dir.unwrap_or_else(default_models_dir);
+    runtime()?.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(
+                config
+                    .database
+                    .max_connections
+                    .max(options.concurrency as u32 + 3),
+            )
+            .connect(&config.database.url)
+            .await
+            .with_context(|| {
+                format!("connecting to {}", crate::app::redact(&config.database.url))
+            })?;
+        store::migrate(&pool).await?;
+        let blobs = Blobs::open(&config.storage.url)?;
+        let worker = Worker::new(pool, blobs, Registry::new(models), options);
+        eprintln!("worker {} started", worker.id());
+        worker.run(crate::app::shutdown_signal()).await
     })
 }
 

@@ -162,6 +162,15 @@ impl Manifest {
     }
 
     /// The model file's full path.
+    /// Identifies the extractor for the feature caches: its id and a hash of every manifest field
+    /// (weights' sha256, input size, resize, normalisation, outputs), so that changing any of them
+    /// never serves features computed the old way.
+    pub fn cache_key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let hash = blake3::hash(&json).to_hex();
+        format!("{}@{}", self.id, &hash[..16])
+    }
+
     pub fn model_path(&self) -> PathBuf {
         match self.path.parent() {
             Some(dir) => dir.join(&self.file),

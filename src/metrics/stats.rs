@@ -107,6 +107,34 @@ impl FeatureStats {
         })
     }
 
+    /// Rebuilds statistics stored with [`FeatureStats::scatter`] and friends (the caches).
+    pub fn from_parts(
+        n: u64,
+        dim: usize,
+        mean: Vec<f64>,
+        scatter: Vec<f64>,
+    ) -> Result<Self, MetricError> {
+        if mean.len() != dim || scatter.len() != dim * dim {
+            return Err(MetricError::InvalidParameter(format!(
+                "statistics of dimension {dim} need {dim} means and {} scatter entries, got {} and {}",
+                dim * dim,
+                mean.len(),
+                scatter.len()
+            )));
+        }
+        Ok(Self {
+            n,
+            dim,
+            mean,
+            scatter,
+        })
+    }
+
+    /// The centred scatter matrix Σ(x−μ)(x−μ)ᵀ, row-major.
+    pub fn scatter(&self) -> &[f64] {
+        &self.scatter
+    }
+
     /// Number of samples.
     pub fn n(&self) -> u64 {
         self.n

@@ -97,7 +97,7 @@ pub fn extract_folder(
         // Order is kept: rayon's collect preserves the chunk's order.
         let prepared: Vec<Result<(blake3::Hash, Prepared), String>> = chunk
             .par_iter()
-            .map(|p| load_one(p, h, w, manifest.resize))
+            .map(|p| load_one_file(p, h, w, manifest.resize))
             .collect();
         let mut batch = Vec::with_capacity(chunk.len());
         for (p, result) in chunk.iter().zip(prepared) {
@@ -154,7 +154,7 @@ pub fn extract_folder(
 }
 
 /// Reads, hashes, decodes and resizes one image; the error is the reason shown to the user.
-fn load_one(
+pub(super) fn load_one_file(
     path: &Path,
     h: usize,
     w: usize,
@@ -162,9 +162,14 @@ fn load_one(
 ) -> Result<(blake3::Hash, Prepared), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
     let hash = blake3::hash(&bytes);
-    let img = imaging::decode_rgb(&bytes).map_err(|e| e.to_string())?;
-    let prepared = imaging::prepare(&img, h, w, mode).map_err(|e| e.to_string())?;
-    Ok((hash, prepared))
+    Ok((hash, load_one(&bytes, h, w, mode)?))
+}
+
+/// Decodes and resizes one image's bytes for a model of input size `h`×`w`; the error is the
+/// reason shown to the user.
+pub fn load_one(bytes: &[u8], h: usize, w: usize, mode: ResizeMode) -> Result<Prepared, String> {
+    let img = imaging::decode_rgb(bytes).map_err(|e| e.to_string())?;
+    imaging::prepare(&img, h, w, mode).map_err(|e| e.to_string())
 }
 
 /// The dataset content hash: blake3 over the sorted 32-byte image hashes.

@@ -68,9 +68,13 @@ pub struct SetData {
 }
 
 impl SetData {
-    /// Number of samples, when known.
+    /// Number of samples, when known (statistics record it only when they were computed here).
     pub fn count(&self) -> Option<usize> {
-        self.features.as_ref().map(|f| f.nrows())
+        match (&self.features, &self.gaussian) {
+            (Some(f), _) => Some(f.nrows()),
+            (None, Some(g)) => g.n.map(|n| n as usize),
+            (None, None) => None,
+        }
     }
 
     /// Mean and covariance (from the features when there are any).

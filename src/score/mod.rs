@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 
-use crate::features::{resolve_extractor, DeviceSpec, Extractor, Registry};
+use crate::features::{resolve_extractor, DeviceSpec, Extractor, Manifest, Registry};
 use crate::metrics::{self, BootstrapParams};
 
 pub use compute::{compute, MetricName, MetricParams, MetricValue, Values};
+pub use extract::load_one;
 pub use extract::{
     dataset_hash, extract_folder, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT,
     STYLE_OUTPUT,
@@ -54,34 +55,53 @@ const FID_RELIABLE_N: usize = 2048;
 #[tracing::instrument(skip(opts))]
 pub fn score(source: &str, target: &str, opts: &ScoreOptions) -> anyhow::Result<Report> {
     let mut warnings = Vec::new();
-    let chosen = choose_metrics(opts.metrics.as_deref(), &[source, target], &mut warnings)?;
+    let chosen = choose_metrics(
+        opts.metrics.as_deref(),
+        input::is_statistics(source) || input::is_statistics(target),
+        input::is_image_folder(source) && input::is_image_folder(target),
+        &mut warnings,
+    )?;
     let (extractor, mut sets) = load_sets(&[source, target], &chosen, opts, &mut warnings)?;
     let t = sets.pop().context("target")?;
     let s = sets.pop().context("source")?;
-    let p = &opts.params;
+    let info = extractor.as_ref().map(|x| ExtractorInfo::new(x, opts));
+    score_sets(&s, &t, info, &chosen, opts, warnings)
+}
 
+/// Scores two loaded sets with the `chosen` metrics (see [`image_metrics`]); `warnings` so far
+/// are carried into the report. The service's worker calls this with sets built from cached
+/// features, so its results have the shape and values of `gapmeter score`.
+pub fn score_sets(
+    s: &LoadedSet,
+    t: &LoadedSet,
+    extractor: Option<ExtractorInfo>,
+    chosen: &[MetricName],
+    opts: &ScoreOptions,
+    mut warnings: Vec<String>,
+) -> anyhow::Result<Report> {
+    let p = &opts.params;
     let mut values: BTreeMap<String, MetricValue> = BTreeMap::new();
-    for &m in &chosen {
+    for &m in chosen {
         for (name, v) in compute(m, &s.data, &t.data, p, &mut warnings)? {
             values.insert(name, v);
         }
     }
-    small_sample_warnings(&chosen, &s, &t, opts, &mut warnings);
+    small_sample_warnings(chosen, s, t, opts, &mut warnings);
 
     if let Some(bp) = &opts.bootstrap {
-        add_bootstrap(&chosen, &s, &t, p, bp, &mut values)?;
+        add_bootstrap(chosen, s, t, p, bp, &mut values)?;
     }
     if let Some(points) = opts.infinity_points {
-        add_infinity(&chosen, &s, &t, p, points, &mut values, &mut warnings)?;
+        add_infinity(chosen, s, t, p, points, &mut values, &mut warnings)?;
     }
     let per_image = match opts.top {
-        Some(k) => Some(per_image(&s, &t, p, k)?),
+        Some(k) => Some(per_image(s, t, p, k)?),
         None => None,
     };
 
-    let mut report = Report::new(&s, &t, extractor.as_ref(), opts);
+    let mut report = Report::new(s, t, extractor);
     report.metrics = values;
-    report.parameters = used_parameters(&chosen, p);
+    report.parameters = used_parameters(chosen, p);
     report.bootstrap = opts.bootstrap.clone();
     report.per_image = per_image;
     warnings.dedup();
@@ -97,19 +117,45 @@ pub fn matrix(inputs: &[String], opts: &ScoreOptions) -> anyhow::Result<MatrixRe
     }
     let mut warnings = Vec::new();
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let chosen = choose_metrics(opts.metrics.as_deref(), &refs, &mut warnings)?;
+    let chosen = choose_metrics(
+        opts.metrics.as_deref(),
+        refs.iter().any(|a| input::is_statistics(a)),
+        refs.iter().all(|a| input::is_image_folder(a)),
+        &mut warnings,
+    )?;
+    check_symmetric(&chosen)?;
+    let (extractor, sets) = load_sets(&refs, &chosen, opts, &mut warnings)?;
+    let info = extractor.as_ref().map(|x| ExtractorInfo::new(x, opts));
+    matrix_sets(&sets, info, &chosen, opts, warnings)
+}
+
+/// Fails unless every metric is symmetric (fit for a gap matrix).
+pub fn check_symmetric(chosen: &[MetricName]) -> anyhow::Result<()> {
     if let Some(m) = chosen.iter().find(|m| !m.is_symmetric()) {
         bail!(
             "{} is not symmetric and has no place in a gap matrix; use `gapmeter score` for it",
             m.as_str()
         );
     }
-    let (extractor, sets) = load_sets(&refs, &chosen, opts, &mut warnings)?;
+    Ok(())
+}
+
+/// The gap table between loaded sets (see [`score_sets`]).
+pub fn matrix_sets(
+    sets: &[LoadedSet],
+    extractor: Option<ExtractorInfo>,
+    chosen: &[MetricName],
+    opts: &ScoreOptions,
+    mut warnings: Vec<String>,
+) -> anyhow::Result<MatrixReport> {
     let n = sets.len();
+    if n < 2 {
+        bail!("a gap matrix needs at least two sets");
+    }
     let mut tables: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
     for i in 0..n {
         for j in (i + 1)..n {
-            for &m in &chosen {
+            for &m in chosen {
                 for (name, v) in
                     compute(m, &sets[i].data, &sets[j].data, &opts.params, &mut warnings)?
                 {
@@ -124,21 +170,41 @@ pub fn matrix(inputs: &[String], opts: &ScoreOptions) -> anyhow::Result<MatrixRe
     warnings.dedup();
     Ok(MatrixReport {
         sets: sets.iter().map(|s| s.provenance.clone()).collect(),
-        extractor: extractor.as_ref().map(|x| ExtractorInfo::new(x, opts)),
+        extractor,
         metrics: tables,
-        parameters: used_parameters(&chosen, &opts.params),
+        parameters: used_parameters(chosen, &opts.params),
         warnings,
         software: Software::current(),
     })
 }
 
+/// The metrics to compute when every input is a set of images: `requested`, or the defaults.
+pub fn image_metrics(requested: Option<&[MetricName]>) -> anyhow::Result<Vec<MetricName>> {
+    choose_metrics(requested, false, true, &mut Vec::new())
+}
+
+/// Warnings a result carries because of its extractor (untrained weights, CMMD without CLIP).
+pub fn extractor_warnings(manifest: &Manifest, chosen: &[MetricName], warnings: &mut Vec<String>) {
+    if !manifest.trained {
+        warnings.push(format!(
+            "extractor {:?} has untrained weights: its scores are for testing, not comparable with published numbers",
+            manifest.id
+        ));
+    }
+    if chosen.contains(&MetricName::Cmmd) && !manifest.id.contains("clip") {
+        warnings.push(format!(
+            "CMMD is defined on CLIP embeddings; extractor {:?} does not look like CLIP",
+            manifest.id
+        ));
+    }
+}
+
 fn choose_metrics(
     requested: Option<&[MetricName]>,
-    inputs: &[&str],
+    stats_only: bool,
+    all_folders: bool,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<MetricName>> {
-    let stats_only = inputs.iter().any(|a| input::is_statistics(a));
-    let all_folders = inputs.iter().all(|a| input::is_image_folder(a));
     let mut out: Vec<MetricName> = Vec::new();
     match requested {
         Some(list) => {
@@ -194,18 +260,7 @@ fn load_sets(
         None
     };
     if let Some(x) = &extractor {
-        if !x.manifest().trained {
-            warnings.push(format!(
-                "extractor {:?} has untrained weights: its scores are for testing, not comparable with published numbers",
-                x.manifest().id
-            ));
-        }
-        if chosen.contains(&MetricName::Cmmd) && !x.manifest().id.contains("clip") {
-            warnings.push(format!(
-                "CMMD is defined on CLIP embeddings; extractor {:?} does not look like CLIP",
-                x.manifest().id
-            ));
-        }
+        extractor_warnings(x.manifest(), chosen, warnings);
     }
     let extract = ExtractOptions {
         batch_size: opts.batch_size,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
-use crate::features::Extractor;
+use crate::features::{Extractor, Manifest};
 use crate::metrics::BootstrapParams;
 
 /// One score: values, both inputs' provenance, the extractor and every parameter (DESIGN §1).
@@ -74,7 +74,11 @@ pub struct ExtractorInfo {
 
 impl ExtractorInfo {
     pub(super) fn new(x: &Extractor, opts: &ScoreOptions) -> Self {
-        let m = x.manifest();
+        Self::from_manifest(x.manifest(), x.feature_dim(), opts)
+    }
+
+    /// From the manifest alone (a job answered from cached features loads no model).
+    pub fn from_manifest(m: &Manifest, dim: usize, opts: &ScoreOptions) -> Self {
         let (h, w) = m.input_size.height_width();
         Self {
             id: m.id.clone(),
@@ -83,7 +87,7 @@ impl ExtractorInfo {
             resize: m.resize.as_str(),
             input_size: [h, w],
             features: m.feature_output().to_string(),
-            dim: x.feature_dim(),
+            dim,
             device: opts.device.to_string(),
             batch_size: opts.batch_size,
         }
@@ -108,16 +112,11 @@ impl Software {
 }
 
 impl Report {
-    pub(super) fn new(
-        s: &LoadedSet,
-        t: &LoadedSet,
-        extractor: Option<&Extractor>,
-        opts: &ScoreOptions,
-    ) -> Self {
+    pub(super) fn new(s: &LoadedSet, t: &LoadedSet, extractor: Option<ExtractorInfo>) -> Self {
         Self {
             source: s.provenance.clone(),
             target: t.provenance.clone(),
-            extractor: extractor.map(|x| ExtractorInfo::new(x, opts)),
+            extractor,
             metrics: BTreeMap::new(),
             parameters: BTreeMap::new(),
             bootstrap: None,

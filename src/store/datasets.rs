@@ -190,7 +190,7 @@ pub async fn list_datasets(
     ))
 }
 
-fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+pub(super) fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
     let more = items.len() as i64 > limit;
     items.truncate(limit.max(0) as usize);
     let next_cursor = if more {
@@ -513,4 +513,66 @@ mod tests {
             .items
             .is_empty());
     }
+}
+
+/// A dataset's images at one moment: what a job scores, whatever is uploaded meanwhile.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: DatasetId,
+    pub name: String,
+    pub status: String,
+    /// (blake3, original name), ordered by name then hash — the order `gapmeter score` reads a
+    /// flat folder in, so row-order-dependent draws (KID subsets) agree.
+    pub images: Vec<([u8; 32], String)>,
+    /// blake3 over the sorted image hashes (as [`Dataset::content_hash`]); `None` when empty.
+    pub content_hash: Option<String>,
+}
+
+/// The images of a dataset of `team`, read in one statement; `None` when it is not the team's.
+pub async fn dataset_snapshot(
+    pool: &PgPool,
+    team: TeamId,
+    id: DatasetId,
+) -> sqlx::Result<Option<Snapshot>> {
+    let mut tx = pool.begin().await?;
+    // One snapshot for both reads, so the hash matches the image list.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let head: Option<(String, String)> =
+        sqlx::query_as("SELECT name, status FROM datasets WHERE id = $1 AND team_id = $2")
+            .bind(id)
+            .bind(team)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((name, status)) = head else {
+        return Ok(None);
+    };
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT image_hash, original_name FROM dataset_images WHERE dataset_id = $1 ORDER BY original_name, image_hash",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let images: Vec<([u8; 32], String)> = rows
+        .into_iter()
+        .filter_map(|(h, n)| Some((<[u8; 32]>::try_from(h).ok()?, n)))
+        .collect();
+    let content_hash = (!images.is_empty()).then(|| {
+        let mut sorted: Vec<&[u8; 32]> = images.iter().map(|(h, _)| h).collect();
+        sorted.sort();
+        let mut h = blake3::Hasher::new();
+        for x in sorted {
+            h.update(x);
+        }
+        format!("blake3:{}", h.finalize().to_hex())
+    });
+    Ok(Some(Snapshot {
+        id,
+        name,
+        status,
+        images,
+        content_hash,
+    }))
 }

@@ -52,3 +52,4 @@ macro_rules! id {
 id!(TeamId);
 id!(KeyId);
 id!(DatasetId);
+id!(JobId);

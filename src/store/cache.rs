@@ -1,0 +1,237 @@
+//! Content-addressed caches (DESIGN §3): per-image extractor outputs, per-dataset sufficient
+//! statistics and finished results. Every entry has a scope: the team that computed it, or
+//! [`CacheScope::shared`] when the instance shares caches across teams.
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::TeamId;
+use crate::metrics::FeatureStats;
+
+/// Whose cache entries a job may read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheScope(Uuid);
+
+impl CacheScope {
+    /// Entries visible to `team` only.
+    pub fn team(team: TeamId) -> Self {
+        Self(team.0)
+    }
+
+    /// Entries visible to every team.
+    pub fn shared() -> Self {
+        Self(Uuid::nil())
+    }
+
+    /// The team's scope, or the shared one when `share` is set.
+    pub fn for_team(team: TeamId, share: bool) -> Self {
+        if share {
+            Self::shared()
+        } else {
+            Self::team(team)
+        }
+    }
+}
+
+/// Numeric type of a cached row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// Model outputs: the model computes in float32, so nothing is lost.
+    F32,
+    /// Values computed in float64 from the model outputs (per-image style covariances).
+    F64,
+}
+
+impl Dtype {
+    fn width(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+/// Encodes a row as little-endian bytes of `dtype`.
+fn encode(row: &[f64], dtype: Dtype) -> Vec<u8> {
+    let mut out = Vec::with_capacity(row.len() * dtype.width());
+    for &v in row {
+        match dtype {
+            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f64> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+    }
+}
+
+/// Cached rows of `tap` for those of `hashes` that have one.
+pub async fn cached_rows(
+    pool: &PgPool,
+    scope: CacheScope,
+    extractor: &str,
+    tap: &str,
+    dtype: Dtype,
+    hashes: &[[u8; 32]],
+) -> sqlx::Result<HashMap<[u8; 32], Vec<f64>>> {
+    let keys: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT image_hash, data FROM feature_cache
+         WHERE scope = $1 AND extractor = $2 AND tap = $3 AND image_hash = ANY($4)",
+    )
+    .bind(scope.0)
+    .bind(extractor)
+    .bind(tap)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(h, data)| {
+            let hash: [u8; 32] = h.try_into().ok()?;
+            Some((hash, decode(&data, dtype)))
+        })
+        .collect())
+}
+
+/// Stores rows of `tap` (a concurrent writer of the same row wins; both computed the same).
+pub async fn store_rows(
+    pool: &PgPool,
+    scope: CacheScope,
+    extractor: &str,
+    tap: &str,
+    dtype: Dtype,
+    rows: &[([u8; 32], &[f64])],
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<Vec<u8>> = rows.iter().map(|(h, _)| h.to_vec()).collect();
+    let dims: Vec<i32> = rows.iter().map(|(_, r)| r.len() as i32).collect();
+    let data: Vec<Vec<u8>> = rows.iter().map(|(_, r)| encode(r, dtype)).collect();
+    sqlx::query(
+        "INSERT INTO feature_cache (scope, extractor, tap, image_hash, dim, data)
+         SELECT $1, $2, $3, h, d, b FROM UNNEST($4::bytea[], $5::int4[], $6::bytea[]) AS u(h, d, b)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(scope.0)
+    .bind(extractor)
+    .bind(tap)
+    .bind(&hashes)
+    .bind(&dims)
+    .bind(&data)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Cached statistics of a dataset's content.
+pub async fn cached_stats(
+    pool: &PgPool,
+    scope: CacheScope,
+    extractor: &str,
+    tap: &str,
+    content_hash: &str,
+) -> anyhow::Result<Option<FeatureStats>> {
+    let row: Option<(i64, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT n, dim, mean, scatter FROM stats_cache
+         WHERE scope = $1 AND extractor = $2 AND tap = $3 AND content_hash = $4",
+    )
+    .bind(scope.0)
+    .bind(extractor)
+    .bind(tap)
+    .bind(content_hash)
+    .fetch_optional(pool)
+    .await?;
+    let Some((n, dim, mean, scatter)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(FeatureStats::from_parts(
+        n as u64,
+        dim as usize,
+        decode(&mean, Dtype::F64),
+        decode(&scatter, Dtype::F64),
+    )?))
+}
+
+pub async fn store_stats(
+    pool: &PgPool,
+    scope: CacheScope,
+    extractor: &str,
+    tap: &str,
+    content_hash: &str,
+    stats: &FeatureStats,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO stats_cache (scope, extractor, tap, content_hash, n, dim, mean, scatter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope.0)
+    .bind(extractor)
+    .bind(tap)
+    .bind(content_hash)
+    .bind(stats.n() as i64)
+    .bind(stats.dim() as i32)
+    .bind(encode(stats.mean(), Dtype::F64))
+    .bind(encode(stats.scatter(), Dtype::F64))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn cached_result(
+    pool: &PgPool,
+    scope: CacheScope,
+    key: &str,
+) -> sqlx::Result<Option<Value>> {
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT result FROM result_cache WHERE scope = $1 AND key = $2")
+            .bind(scope.0)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+pub async fn store_result(
+    pool: &PgPool,
+    scope: CacheScope,
+    key: &str,
+    result: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO result_cache (scope, key, result) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope.0)
+    .bind(key)
+    .bind(result)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_exactly_in_their_dtype() {
+        let row = [1.5f32 as f64, -0.1f32 as f64, 3.0e-8f32 as f64];
+        assert_eq!(decode(&encode(&row, Dtype::F32), Dtype::F32), row);
+        let precise = [0.1, std::f64::consts::PI, -1e-300];
+        assert_eq!(decode(&encode(&precise, Dtype::F64), Dtype::F64), precise);
+    }
+}

@@ -1,0 +1,327 @@
+//! Workers: claim jobs from the PostgreSQL queue, run them (datasets → cached or extracted
+//! features → metrics) and write the result under the lease's fencing token. Any number of
+//! worker processes on any hosts share one database and blob store (`gapmeter worker`);
+//! `gapmeter serve` also runs one in-process.
+
+mod models;
+mod run;
+pub mod spec;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+pub use models::Models;
+pub use run::Work;
+pub use spec::{JobKind, JobSpec, MatrixRequest, Parameters, ScoreRequest};
+
+use crate::config::Config;
+use crate::features::{DeviceSpec, Registry};
+use crate::store::{self, Blobs, Claimed, Lease, LeaseError, Outcome};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub device: DeviceSpec,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub poll: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub share_cache: bool,
+}
+
+impl WorkerOptions {
+    /// From the service configuration.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let q = &config.queue;
+        Ok(Self {
+            device: config.worker.device.parse().context("worker.device")?,
+            concurrency: config.worker.concurrency.max(1),
+            batch_size: config.worker.batch_size.max(1),
+            lease: Duration::from_millis(q.lease_ms.max(100)),
+            heartbeat: Duration::from_millis(q.heartbeat_ms.max(10)),
+            poll: Duration::from_millis(q.poll_ms.max(10)),
+            backoff_base: Duration::from_millis(q.backoff_base_ms),
+            backoff_max: Duration::from_millis(q.backoff_max_ms),
+            share_cache: config.cache.share_across_teams,
+        })
+    }
+
+    /// Delay before attempt `attempt + 1`: base × 2^(attempt−1), capped.
+    fn backoff(&self, attempt: i32) -> Duration {
+        let factor = 2u32.saturating_pow((attempt - 1).clamp(0, 30) as u32);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// One worker process's job loop.
+pub struct Worker {
+    pool: PgPool,
+    blobs: Blobs,
+    registry: Registry,
+    options: WorkerOptions,
+    id: String,
+    models: Arc<Models>,
+}
+
+/// Why an attempt stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JobError {
+    /// The request cannot succeed (missing dataset, wrong metric for the extractor...).
+    #[error("{0:#}")]
+    Fatal(anyhow::Error),
+    /// A transient failure (database, blob store): retried with backoff.
+    #[error("{0:#}")]
+    Retry(anyhow::Error),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("lease lost")]
+    LeaseLost,
+    /// The worker is shutting down: the job goes back to the queue.
+    #[error("worker shutting down")]
+    Shutdown,
+}
+
+impl From<LeaseError> for JobError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Lost(..) => JobError::LeaseLost,
+            LeaseError::Db(e) => JobError::Retry(e.into()),
+        }
+    }
+}
+
+/// Flags the heartbeat and the shutdown path set, and the running job reads between batches.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    cancel: AtomicBool,
+    lost: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+impl Control {
+    /// The reason to stop now, if any.
+    pub(crate) fn check(&self) -> Result<(), JobError> {
+        if self.lost.load(Ordering::Relaxed) {
+            Err(JobError::LeaseLost)
+        } else if self.cancel.load(Ordering::Relaxed) {
+            Err(JobError::Cancelled)
+        } else if self.shutdown.load(Ordering::Relaxed) {
+            Err(JobError::Shutdown)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Worker {
+    /// A worker named after its host and process, so job events say who ran what.
+    pub fn new(pool: PgPool, blobs: Blobs, registry: Registry, options: WorkerOptions) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let id = format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let models = Arc::new(Models::new(options.device));
+        Self {
+            pool,
+            blobs,
+            registry,
+            options,
+            id,
+            models,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claims and runs jobs until `shutdown` resolves; then stops claiming, asks running jobs to
+    /// stop at their next batch and puts them back in the queue.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        tracing::info!(worker = %this.id, device = %this.options.device, concurrency = this.options.concurrency, "worker started");
+        let slots = Arc::new(Semaphore::new(this.options.concurrency));
+        let mut running: Vec<Arc<Control>> = Vec::new();
+        let mut listener = match PgListener::connect_with(&this.pool).await {
+            Ok(mut l) => match l.listen(store::CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no listener connection; polling only");
+                None
+            }
+        };
+        tokio::pin!(shutdown);
+        let mut last_reap = Instant::now() - this.options.lease;
+        loop {
+            running.retain(|c| Arc::strong_count(c) > 1);
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p?,
+                _ = &mut shutdown => break,
+            };
+            if last_reap.elapsed() >= this.options.heartbeat {
+                if let Err(e) = store::reap_expired(&this.pool).await {
+                    tracing::warn!(error = %e, "reaping expired leases failed");
+                }
+                last_reap = Instant::now();
+            }
+            match store::claim(&this.pool, &this.id, this.options.lease).await {
+                Ok(Some(job)) => {
+                    let control = Arc::new(Control::default());
+                    running.push(control.clone());
+                    let worker = this.clone();
+                    tokio::spawn(async move {
+                        worker.run_job(job, control).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Ok(None) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "claiming a job failed");
+                }
+            }
+            // Nothing to do: sleep until a NOTIFY, the poll interval or shutdown.
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Err(e) = l.recv().await {
+                            tracing::debug!(error = %e, "listener interrupted");
+                            tokio::time::sleep(this.options.poll).await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = tokio::time::sleep(this.options.poll) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        for c in &running {
+            c.shutdown.store(true, Ordering::Relaxed);
+        }
+        // Wait for every slot: running jobs notice the flag at their next batch.
+        let _all = slots.acquire_many(this.options.concurrency as u32).await?;
+        tracing::info!(worker = %this.id, "worker stopped");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %job.lease.job, attempt = job.attempt))]
+    async fn run_job(self: Arc<Self>, job: Claimed, control: Arc<Control>) {
+        let lease = job.lease;
+        let heartbeat = tokio::spawn(keep_alive(
+            self.pool.clone(),
+            lease,
+            self.options.lease,
+            self.options.heartbeat,
+            control.clone(),
+        ));
+        let ctx = run::JobContext {
+            pool: self.pool.clone(),
+            blobs: self.blobs.clone(),
+            registry: self.registry.clone(),
+            models: self.models.clone(),
+            options: self.options.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            control: control.clone(),
+            lease,
+            team: job.team,
+        };
+        let spec = job.spec.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut work = Work::default();
+            let result = run::run(&ctx, spec, &mut work);
+            (result, work)
+        })
+        .await;
+        heartbeat.abort();
+        let (result, work) = match outcome {
+            Ok(r) => r,
+            Err(e) => (
+                Err(JobError::Retry(anyhow::anyhow!("the job panicked: {e}"))),
+                Work::default(),
+            ),
+        };
+        let outcome = match result {
+            Ok(value) => Outcome::Succeeded { result: value },
+            Err(JobError::Fatal(e)) => Outcome::Failed {
+                problem: serde_json::json!({
+                    "type": "/problems/job-failed",
+                    "title": "Job failed",
+                    "status": 422,
+                    "detail": format!("{e:#}"),
+                }),
+            },
+            Err(JobError::Retry(e)) => {
+                tracing::warn!(error = format!("{e:#}"), "attempt failed");
+                Outcome::Retry {
+                    message: format!("{e:#}"),
+                    backoff: self.options.backoff(job.attempt),
+                }
+            }
+            Err(JobError::Cancelled) => Outcome::Cancelled,
+            Err(JobError::Shutdown) => Outcome::Release,
+            Err(JobError::LeaseLost) => {
+                tracing::warn!("lease lost; another worker owns the job now");
+                return;
+            }
+        };
+        let work = serde_json::to_value(&work).unwrap_or_default();
+        match store::finish(&self.pool, lease, &outcome, &work).await {
+            Ok(status) => tracing::info!(status = status.as_str(), "job finished"),
+            Err(LeaseError::Lost(..)) => tracing::warn!("result refused: the lease was lost"),
+            Err(LeaseError::Db(e)) => {
+                tracing::error!(error = %e, "could not record the outcome; the lease will expire and the job rerun")
+            }
+        }
+    }
+}
+
+/// Renews the lease until aborted; raises the cancel and lost flags it learns about.
+async fn keep_alive(
+    pool: PgPool,
+    lease: Lease,
+    extend: Duration,
+    every: Duration,
+    control: Arc<Control>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store::heartbeat(&pool, lease, extend).await {
+            Ok(cancel) => {
+                if cancel {
+                    control.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(LeaseError::Lost(..)) => {
+                control.lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            // Transient: the next beat may get through before the lease runs out.
+            Err(LeaseError::Db(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

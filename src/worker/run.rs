@@ -1,0 +1,619 @@
+//! One attempt at a job: snapshot the datasets, answer from the result cache if possible, else
+//! gather per-image outputs (cached, or extracted with images decoded on a CPU pool ahead of the
+//! model) and compute the metrics with the same code `gapmeter score` runs.
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::spec::{has_output, JobKind, JobSpec};
+use super::{Control, JobError, Models, WorkerOptions};
+use crate::features::{Manifest, Registry};
+use crate::imaging::Prepared;
+use crate::metrics::{FeatureStats, Features, StyleSet};
+use crate::score::{
+    self, load_one, ExtractorInfo, LoadedSet, MetricName, SetData, SetProvenance, Skipped,
+    LOGITS_OUTPUT, STYLE_OUTPUT,
+};
+use crate::store::{self, Blobs, CacheScope, Dtype, Lease, Progress, Snapshot, TeamId};
+
+/// Cache tap of the per-image style covariances (computed from the `early` output, float64).
+const STYLE_TAP: &str = "early.cov";
+
+/// What an attempt reused and computed: the proof that caches work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Work {
+    /// The whole result came from the result cache.
+    pub result_cache_hit: bool,
+    /// Datasets whose statistics came from the statistics cache.
+    pub statistics_cache_hits: u64,
+    /// Images whose outputs came from the feature cache.
+    pub feature_cache_hits: u64,
+    /// Images run through the model.
+    pub images_extracted: u64,
+    /// Images that could not be decoded (left out, with a warning).
+    pub images_skipped: u64,
+    /// Whether this attempt needed a model at all.
+    pub model_loaded: bool,
+}
+
+pub(crate) struct JobContext {
+    pub pool: PgPool,
+    pub blobs: Blobs,
+    pub registry: Registry,
+    pub models: Arc<Models>,
+    pub options: WorkerOptions,
+    pub runtime: tokio::runtime::Handle,
+    pub control: Arc<Control>,
+    pub lease: Lease,
+    pub team: TeamId,
+}
+
+impl JobContext {
+    fn progress(&self, phase: &str, done: usize, total: usize) -> Result<(), JobError> {
+        self.control.check()?;
+        let p = Progress {
+            phase: phase.to_string(),
+            done: done as i64,
+            total: total as i64,
+        };
+        self.runtime
+            .block_on(store::report_progress(&self.pool, self.lease, &p))?;
+        Ok(())
+    }
+
+    fn scope(&self) -> CacheScope {
+        CacheScope::for_team(self.team, self.options.share_cache)
+    }
+}
+
+fn retry(e: impl Into<anyhow::Error>) -> JobError {
+    JobError::Retry(e.into())
+}
+
+fn fatal(e: impl Into<anyhow::Error>) -> JobError {
+    JobError::Fatal(e.into())
+}
+
+/// One image's outputs.
+#[derive(Debug, Clone, Default)]
+struct Rows {
+    feature: Vec<f64>,
+    logits: Option<Vec<f64>>,
+    style: Option<Vec<f64>>,
+}
+
+/// Runs one attempt; the result is the JSON of a [`score::Report`] or [`score::MatrixReport`].
+pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Value, JobError> {
+    let spec: JobSpec =
+        serde_json::from_value(spec).map_err(|e| fatal(anyhow!("unreadable job spec: {e}")))?;
+    let manifest = ctx
+        .registry
+        .get(&spec.extractor)
+        // The API checked the id against its own registry: this worker's models directory lacks
+        // it, and another worker may have it.
+        .map_err(|e| retry(e.context("this worker cannot find the extractor")))?;
+    for (metric, output) in [
+        (MetricName::Is, LOGITS_OUTPUT),
+        (MetricName::Style, STYLE_OUTPUT),
+    ] {
+        if spec.metrics.contains(&metric) && !has_output(&manifest, output) {
+            return Err(fatal(anyhow!(
+                "{} needs an output named {output:?}, but extractor {:?} has outputs {:?}",
+                metric.as_str(),
+                manifest.id,
+                manifest.outputs
+            )));
+        }
+    }
+    let snaps = snapshots(ctx, &spec)?;
+    let extractor_key = manifest.cache_key();
+    let contents: Vec<&str> = snaps
+        .iter()
+        .map(|s| s.content_hash.as_deref().unwrap_or(""))
+        .collect();
+    let key = spec.result_key(&contents, &extractor_key);
+    let scope = ctx.scope();
+    if let Some(hit) = ctx
+        .runtime
+        .block_on(store::cached_result(&ctx.pool, scope, &key))
+        .map_err(retry)?
+    {
+        work.result_cache_hit = true;
+        return Ok(hit);
+    }
+    ctx.control.check()?;
+
+    let opts = spec.score_options(
+        ctx.registry.clone(),
+        ctx.models.device(),
+        ctx.options.batch_size,
+    );
+    let mut warnings = Vec::new();
+    score::extractor_warnings(&manifest, &spec.metrics, &mut warnings);
+    let feature_tap = manifest.feature_output().to_string();
+    let roles = roles(&spec);
+
+    let from_stats = if spec.needs_features() {
+        None
+    } else {
+        cached_statistics(ctx, &snaps, &extractor_key, &feature_tap, &roles, work)?
+    };
+    let sets = match from_stats {
+        Some(sets) => sets,
+        None => {
+            let want_logits = spec.metrics.contains(&MetricName::Is);
+            let want_style = spec.metrics.contains(&MetricName::Style);
+            let rows = gather(ctx, &manifest, &snaps, want_logits, want_style, work)?;
+            let mut sets = Vec::with_capacity(snaps.len());
+            for (snap, role) in snaps.iter().zip(&roles) {
+                let set = loaded_set(snap, role, &rows, want_logits, want_style)?;
+                if spec.metrics.contains(&MetricName::Fid) {
+                    remember_statistics(ctx, snap, &extractor_key, &feature_tap, &set);
+                }
+                warnings.extend(set.warnings.iter().cloned());
+                sets.push(set);
+            }
+            sets
+        }
+    };
+
+    ctx.progress("metrics", 0, 1)?;
+    let dim = sets[0].dim();
+    let info = Some(ExtractorInfo::from_manifest(&manifest, dim, &opts));
+    let value = match spec.kind {
+        JobKind::Score => {
+            let report =
+                score::score_sets(&sets[0], &sets[1], info, &spec.metrics, &opts, warnings)
+                    .map_err(fatal)?;
+            serde_json::to_value(report)
+        }
+        JobKind::Matrix => {
+            let report =
+                score::matrix_sets(&sets, info, &spec.metrics, &opts, warnings).map_err(fatal)?;
+            serde_json::to_value(report)
+        }
+    }
+    .map_err(fatal)?;
+    ctx.progress("metrics", 1, 1)?;
+    if let Err(e) = ctx
+        .runtime
+        .block_on(store::store_result(&ctx.pool, scope, &key, &value))
+    {
+        tracing::warn!(error = %e, "could not cache the result");
+    }
+    Ok(value)
+}
+
+fn roles(spec: &JobSpec) -> Vec<String> {
+    match spec.kind {
+        JobKind::Score => vec!["source".into(), "target".into()],
+        JobKind::Matrix => (1..=spec.datasets.len())
+            .map(|i| format!("set {i}"))
+            .collect(),
+    }
+}
+
+/// Each dataset's images as of now (later uploads are not part of this job).
+fn snapshots(ctx: &JobContext, spec: &JobSpec) -> Result<Vec<Snapshot>, JobError> {
+    ctx.progress("resolving", 0, spec.datasets.len())?;
+    let mut out = Vec::with_capacity(spec.datasets.len());
+    for &id in &spec.datasets {
+        let snap = ctx
+            .runtime
+            .block_on(store::dataset_snapshot(&ctx.pool, ctx.team, id))
+            .map_err(retry)?
+            .ok_or_else(|| fatal(anyhow!("dataset {id} does not exist (it was deleted?)")))?;
+        match snap.status.as_str() {
+            "ingesting" => {
+                return Err(retry(anyhow!(
+                    "dataset {:?} ({id}) is still ingesting",
+                    snap.name
+                )))
+            }
+            "failed" => {
+                return Err(fatal(anyhow!(
+                    "dataset {:?} ({id}) failed to ingest",
+                    snap.name
+                )))
+            }
+            _ => {}
+        }
+        if snap.images.is_empty() {
+            return Err(fatal(anyhow!(
+                "dataset {:?} ({id}) has no images",
+                snap.name
+            )));
+        }
+        out.push(snap);
+    }
+    Ok(out)
+}
+
+fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> SetProvenance {
+    SetProvenance {
+        path: format!("/v1/datasets/{}", snap.id),
+        kind: "dataset",
+        content_hash: snap.content_hash.clone().unwrap_or_default(),
+        count,
+        skipped,
+    }
+}
+
+/// FID from cached dataset statistics, when every dataset has them and each has more samples
+/// than dimensions (where `gapmeter score` takes the same route from its features, so the value
+/// is identical). `None`: go through per-image features.
+fn cached_statistics(
+    ctx: &JobContext,
+    snaps: &[Snapshot],
+    extractor_key: &str,
+    tap: &str,
+    roles: &[String],
+    work: &mut Work,
+) -> Result<Option<Vec<LoadedSet>>, JobError> {
+    let mut sets = Vec::with_capacity(snaps.len());
+    for (snap, role) in snaps.iter().zip(roles) {
+        let hash = snap.content_hash.as_deref().unwrap_or("");
+        let stats = ctx
+            .runtime
+            .block_on(store::cached_stats(
+                &ctx.pool,
+                ctx.scope(),
+                extractor_key,
+                tap,
+                hash,
+            ))
+            .map_err(retry)?;
+        let Some(stats) = stats.filter(|s| s.n() as usize > s.dim()) else {
+            return Ok(None);
+        };
+        let n = stats.n() as usize;
+        sets.push(LoadedSet {
+            provenance: provenance(snap, Some(n), Vec::new()),
+            data: SetData {
+                gaussian: Some(stats.gaussian()),
+                ..SetData::default()
+            },
+            labels: Vec::new(),
+            warnings: Vec::new(),
+        });
+        tracing::debug!(role, "statistics from the cache");
+    }
+    work.statistics_cache_hits = sets.len() as u64;
+    Ok(Some(sets))
+}
+
+/// Stores a dataset's statistics for later FID-only jobs (best effort).
+fn remember_statistics(
+    ctx: &JobContext,
+    snap: &Snapshot,
+    extractor_key: &str,
+    tap: &str,
+    set: &LoadedSet,
+) {
+    let (Some(features), Some(hash)) = (&set.data.features, &snap.content_hash) else {
+        return;
+    };
+    // Only complete datasets: statistics of a set with skipped images would not be its content's.
+    if !set.provenance.skipped.is_empty() {
+        return;
+    }
+    let stored = FeatureStats::from_features(features.view())
+        .map_err(anyhow::Error::from)
+        .and_then(|stats| {
+            ctx.runtime
+                .block_on(store::store_stats(
+                    &ctx.pool,
+                    ctx.scope(),
+                    extractor_key,
+                    tap,
+                    hash,
+                    &stats,
+                ))
+                .map_err(anyhow::Error::from)
+        });
+    if let Err(e) = stored {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not cache dataset statistics"
+        );
+    }
+}
+
+type Gathered = (HashMap<[u8; 32], Rows>, HashMap<[u8; 32], String>);
+
+/// Every image's outputs: from the feature cache, the rest extracted (once, even when datasets
+/// share images) and cached batch by batch, so a rerun after a crash extracts only what is left.
+fn gather(
+    ctx: &JobContext,
+    manifest: &Manifest,
+    snaps: &[Snapshot],
+    want_logits: bool,
+    want_style: bool,
+    work: &mut Work,
+) -> Result<Gathered, JobError> {
+    let mut seen = HashSet::new();
+    let all: Vec<[u8; 32]> = snaps
+        .iter()
+        .flat_map(|s| s.images.iter().map(|(h, _)| *h))
+        .filter(|h| seen.insert(*h))
+        .collect();
+    let key = manifest.cache_key();
+    let scope = ctx.scope();
+    let lookup = |tap: &str, dtype: Dtype| {
+        ctx.runtime
+            .block_on(store::cached_rows(&ctx.pool, scope, &key, tap, dtype, &all))
+            .map_err(retry)
+    };
+    let mut features = lookup(manifest.feature_output(), Dtype::F32)?;
+    let mut logits = if want_logits {
+        lookup(LOGITS_OUTPUT, Dtype::F32)?
+    } else {
+        HashMap::new()
+    };
+    let mut styles = if want_style {
+        lookup(STYLE_TAP, Dtype::F64)?
+    } else {
+        HashMap::new()
+    };
+    let missing: Vec<[u8; 32]> = all
+        .iter()
+        .filter(|h| {
+            !features.contains_key(*h)
+                || (want_logits && !logits.contains_key(*h))
+                || (want_style && !styles.contains_key(*h))
+        })
+        .copied()
+        .collect();
+    work.feature_cache_hits = (all.len() - missing.len()) as u64;
+    let (extracted, skipped) = if missing.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        extract(ctx, manifest, &missing, want_logits, want_style, work)?
+    };
+    let mut out = HashMap::with_capacity(all.len());
+    for h in all {
+        if let Some(rows) = extracted.get(&h) {
+            out.insert(h, rows.clone());
+            continue;
+        }
+        if let Some(feature) = features.remove(&h) {
+            out.insert(
+                h,
+                Rows {
+                    feature,
+                    logits: logits.remove(&h),
+                    style: styles.remove(&h),
+                },
+            );
+        }
+    }
+    Ok((out, skipped))
+}
+
+/// Batches of decoded images (or a blob-store failure) from the decode thread.
+type DecodedBatch = anyhow::Result<Vec<([u8; 32], Result<Prepared, String>)>>;
+
+/// Runs the model over `missing`: a producer thread fetches blobs and decodes and resizes them
+/// on the rayon pool, at most two batches ahead (a bounded channel), while this thread runs the
+/// model and caches the outputs. Cancellation and lease loss are checked between batches.
+fn extract(
+    ctx: &JobContext,
+    manifest: &Manifest,
+    missing: &[[u8; 32]],
+    want_logits: bool,
+    want_style: bool,
+    work: &mut Work,
+) -> Result<Gathered, JobError> {
+    let total = missing.len();
+    ctx.progress("extracting", 0, total)?;
+    let model = ctx.models.get(manifest).map_err(retry)?;
+    work.model_loaded = true;
+    let (h, w) = manifest.input_size.height_width();
+    let resize = manifest.resize;
+    let batch = ctx.options.batch_size.max(1);
+    let key = manifest.cache_key();
+    let feature_tap = manifest.feature_output().to_string();
+    let mut rows: HashMap<[u8; 32], Rows> = HashMap::with_capacity(total);
+    let mut skipped: HashMap<[u8; 32], String> = HashMap::new();
+
+    std::thread::scope(|scope| -> Result<(), JobError> {
+        let (tx, rx) = sync_channel::<DecodedBatch>(2);
+        scope.spawn(move || {
+            for chunk in missing.chunks(batch) {
+                if ctx.control.check().is_err() {
+                    return;
+                }
+                let fetched = ctx.runtime.block_on(futures_util::future::try_join_all(
+                    chunk.iter().map(|hash| ctx.blobs.get(hash)),
+                ));
+                let msg: DecodedBatch = fetched.map(|blobs| {
+                    chunk
+                        .par_iter()
+                        .zip(blobs.par_iter())
+                        .map(|(hash, bytes)| (*hash, load_one(bytes, h, w, resize)))
+                        .collect()
+                });
+                let failed = msg.is_err();
+                if tx.send(msg).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut done = 0;
+        for msg in rx {
+            ctx.control.check()?;
+            let items = msg.map_err(|e| retry(e.context("reading images from the blob store")))?;
+            done += items.len();
+            let mut hashes = Vec::with_capacity(items.len());
+            let mut prepared = Vec::with_capacity(items.len());
+            for (hash, result) in items {
+                match result {
+                    Ok(p) => {
+                        hashes.push(hash);
+                        prepared.push(p);
+                    }
+                    Err(reason) => {
+                        skipped.insert(hash, reason);
+                    }
+                }
+            }
+            if !prepared.is_empty() {
+                let batch_rows =
+                    run_model(&model, &prepared, &feature_tap, want_logits, want_style)?;
+                store_batch(ctx, &key, &feature_tap, &hashes, &batch_rows)?;
+                work.images_extracted += hashes.len() as u64;
+                rows.extend(hashes.into_iter().zip(batch_rows));
+            }
+            ctx.progress("extracting", done, total)?;
+        }
+        Ok(())
+    })?;
+    work.images_skipped = skipped.len() as u64;
+    Ok((rows, skipped))
+}
+
+fn run_model(
+    model: &std::sync::Mutex<crate::features::Extractor>,
+    prepared: &[Prepared],
+    feature_tap: &str,
+    want_logits: bool,
+    want_style: bool,
+) -> Result<Vec<Rows>, JobError> {
+    let model = model
+        .lock()
+        .map_err(|_| retry(anyhow!("model lock poisoned")))?;
+    let out = model.run(prepared).map_err(retry)?;
+    let n = prepared.len();
+    let features = out.rows(feature_tap).map_err(retry)?;
+    let logits = if want_logits {
+        Some(out.rows(LOGITS_OUTPUT).map_err(retry)?)
+    } else {
+        None
+    };
+    let style = if want_style {
+        let maps = out
+            .get(STYLE_OUTPUT)
+            .ok_or_else(|| fatal(anyhow!("the model returned no {STYLE_OUTPUT:?} output")))?;
+        let mut set = StyleSet::new(0);
+        set.push_maps(maps).map_err(fatal)?;
+        Some(set)
+    } else {
+        None
+    };
+    Ok((0..n)
+        .map(|i| Rows {
+            feature: features.row(i).to_vec(),
+            logits: logits.as_ref().map(|l| l.row(i).to_vec()),
+            style: style.as_ref().map(|s| {
+                let cc = s.channels * s.channels;
+                s.covariances[i * cc..(i + 1) * cc].to_vec()
+            }),
+        })
+        .collect())
+}
+
+fn store_batch(
+    ctx: &JobContext,
+    key: &str,
+    feature_tap: &str,
+    hashes: &[[u8; 32]],
+    rows: &[Rows],
+) -> Result<(), JobError> {
+    let scope = ctx.scope();
+    let put = |tap: &str, dtype: Dtype, pick: &dyn Fn(&Rows) -> Option<&[f64]>| {
+        let batch: Vec<([u8; 32], &[f64])> = hashes
+            .iter()
+            .zip(rows)
+            .filter_map(|(h, r)| pick(r).map(|v| (*h, v)))
+            .collect();
+        ctx.runtime
+            .block_on(store::store_rows(&ctx.pool, scope, key, tap, dtype, &batch))
+            .map_err(retry)
+    };
+    put(feature_tap, Dtype::F32, &|r| Some(r.feature.as_slice()))?;
+    put(LOGITS_OUTPUT, Dtype::F32, &|r| r.logits.as_deref())?;
+    put(STYLE_TAP, Dtype::F64, &|r| r.style.as_deref())?;
+    Ok(())
+}
+
+/// A dataset's rows in snapshot order, as `gapmeter score` would have read its folder.
+fn loaded_set(
+    snap: &Snapshot,
+    role: &str,
+    (rows, skipped_reasons): &Gathered,
+    want_logits: bool,
+    want_style: bool,
+) -> Result<LoadedSet, JobError> {
+    let mut labels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut warnings = Vec::new();
+    let mut feature_data = Vec::new();
+    let mut logit_data = Vec::new();
+    let mut style = want_style.then(|| StyleSet::new(0));
+    let (mut dim, mut logit_dim) = (0, 0);
+    for (hash, name) in &snap.images {
+        let Some(r) = rows.get(hash) else {
+            let reason = skipped_reasons
+                .get(hash)
+                .cloned()
+                .unwrap_or_else(|| "no features (not extracted)".into());
+            warnings.push(format!("{role}: skipped {name}: {reason}"));
+            skipped.push(Skipped {
+                path: name.clone(),
+                reason,
+            });
+            continue;
+        };
+        dim = r.feature.len();
+        feature_data.extend_from_slice(&r.feature);
+        if want_logits {
+            let l = r
+                .logits
+                .as_ref()
+                .ok_or_else(|| retry(anyhow!("logits missing for {name}")))?;
+            logit_dim = l.len();
+            logit_data.extend_from_slice(l);
+        }
+        if let Some(set) = style.as_mut() {
+            let c = r
+                .style
+                .as_ref()
+                .ok_or_else(|| retry(anyhow!("style covariance missing for {name}")))?;
+            set.channels = (c.len() as f64).sqrt().round() as usize;
+            set.covariances.extend_from_slice(c);
+        }
+        labels.push(name.clone());
+    }
+    if labels.is_empty() {
+        return Err(fatal(anyhow!(
+            "none of the {} images of dataset {:?} ({}) could be decoded",
+            snap.images.len(),
+            snap.name,
+            snap.id
+        )));
+    }
+    let n = labels.len();
+    let features = Features::from_shape_vec((n, dim), feature_data).map_err(fatal)?;
+    let logits = if want_logits {
+        Some(Features::from_shape_vec((n, logit_dim), logit_data).map_err(fatal)?)
+    } else {
+        None
+    };
+    Ok(LoadedSet {
+        provenance: provenance(snap, Some(n), skipped),
+        data: SetData {
+            features: Some(features),
+            gaussian: None,
+            logits,
+            style,
+        },
+        labels,
+        warnings,
+    })
+}

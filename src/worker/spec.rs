@@ -1,0 +1,438 @@
+//! What a job runs: the request bodies of `POST /v1/jobs` and `POST /v1/matrix`, and the
+//! normalised [`JobSpec`] (every default filled in) that is stored with the job, hashed for
+//! idempotency keys and turned into the same [`ScoreOptions`] `gapmeter score` uses.
+use serde::{Deserialize, Serialize};
+
+use crate::features::{DeviceSpec, Manifest, Registry};
+use crate::metrics::{
+    Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
+};
+use crate::score::{self, MetricName, MetricParams, ScoreOptions};
+use crate::store::DatasetId;
+
+/// Tried in order when a request names no extractor (as `gapmeter score`).
+pub const DEFAULT_EXTRACTORS: &[&str] = &["inception-v3-fid", "inception-v3-fid-untrained"];
+
+/// `POST /v1/jobs`: score `source` against `target`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub source: DatasetId,
+    pub target: DatasetId,
+    /// A registered extractor id (`GET /v1/extractors`); default: `inception-v3-fid`, else its
+    /// untrained test twin.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    pub extractor: Option<String>,
+    /// Default: `["fid", "kid"]`.
+    #[serde(default)]
+    #[schema(min_items = 1)]
+    pub metrics: Option<Vec<MetricName>>,
+    #[serde(default)]
+    pub parameters: Parameters,
+    /// Also list the K most out-of-domain source images.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub top_k: Option<usize>,
+    /// Percentile bootstrap intervals for every metric.
+    #[serde(default)]
+    pub bootstrap: Option<Bootstrap>,
+    /// FID∞ / KID∞ from this many source sample sizes.
+    #[serde(default)]
+    #[schema(minimum = 2, maximum = 50)]
+    pub infinity_points: Option<usize>,
+}
+
+/// `POST /v1/matrix`: the pairwise gap table of several datasets.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixRequest {
+    #[schema(min_items = 2, max_items = 50)]
+    pub datasets: Vec<DatasetId>,
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    pub extractor: Option<String>,
+    /// Symmetric metrics only (not `is`, `prdc`); default `["fid", "kid"]`.
+    #[serde(default)]
+    #[schema(min_items = 1)]
+    pub metrics: Option<Vec<MetricName>>,
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+/// Metric parameters; every field is optional and defaults to torch-fidelity's choice (as the
+/// `gapmeter score` flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Parameters {
+    /// Seed of every random draw (numpy RandomState stream).
+    pub seed: u32,
+    pub kid: KidOptions,
+    pub is: IsOptions,
+    pub mmd: MmdOptions,
+    pub prdc: PrdcOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KidOptions {
+    #[schema(minimum = 1, maximum = 100000)]
+    pub subsets: usize,
+    #[schema(minimum = 2)]
+    pub subset_size: usize,
+    #[schema(minimum = 1, maximum = 10)]
+    pub degree: i32,
+    /// Kernel γ; default 1/d.
+    pub gamma: Option<f64>,
+    pub coef0: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsOptions {
+    #[schema(minimum = 1)]
+    pub splits: usize,
+    /// Shuffle before splitting (torch-fidelity does).
+    pub shuffle: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct MmdOptions {
+    /// RBF σ; default: the median heuristic.
+    pub bandwidth: Option<f64>,
+    #[schema(value_type = String, pattern = "^(biased|unbiased)$")]
+    pub estimator: Estimator,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrdcOptions {
+    #[schema(minimum = 1)]
+    pub k_pr: usize,
+    #[schema(minimum = 1)]
+    pub k_dc: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    #[schema(minimum = 2, maximum = 10000)]
+    pub resamples: usize,
+    /// Interval level, default 0.95.
+    #[serde(default = "default_level")]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
+    pub level: f64,
+}
+
+fn default_level() -> f64 {
+    0.95
+}
+
+impl Default for Parameters {
+    fn default() -> Self {
+        let kid = KidParams::default();
+        Self {
+            seed: kid.seed,
+            kid: KidOptions::default(),
+            is: IsOptions::default(),
+            mmd: MmdOptions::default(),
+            prdc: PrdcOptions::default(),
+        }
+    }
+}
+
+impl Default for KidOptions {
+    fn default() -> Self {
+        let k = KidParams::default();
+        Self {
+            subsets: k.subsets,
+            subset_size: k.subset_size,
+            degree: k.degree,
+            gamma: k.gamma,
+            coef0: k.coef0,
+        }
+    }
+}
+
+impl Default for IsOptions {
+    fn default() -> Self {
+        Self {
+            splits: IsParams::default().splits,
+            shuffle: true,
+        }
+    }
+}
+
+impl Default for MmdOptions {
+    fn default() -> Self {
+        Self {
+            bandwidth: None,
+            estimator: MmdParams::default().estimator,
+        }
+    }
+}
+
+impl Default for PrdcOptions {
+    fn default() -> Self {
+        let p = PrdcParams::default();
+        Self {
+            k_pr: p.k_pr,
+            k_dc: p.k_dc,
+        }
+    }
+}
+
+/// `score` (two datasets) or `matrix` (two or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Score,
+    Matrix,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Score => "score",
+            JobKind::Matrix => "matrix",
+        }
+    }
+}
+
+/// A request with every default resolved: what is stored, hashed and run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    /// `[source, target]` for a score.
+    pub datasets: Vec<DatasetId>,
+    pub extractor: String,
+    pub metrics: Vec<MetricName>,
+    pub parameters: Parameters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infinity_points: Option<usize>,
+}
+
+/// A request that cannot run; the message says why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+impl JobSpec {
+    /// Validates a score request and fills in its defaults.
+    pub fn score(req: ScoreRequest, registry: &Registry) -> Result<Self, Invalid> {
+        let spec = Self {
+            kind: JobKind::Score,
+            datasets: vec![req.source, req.target],
+            extractor: resolve_extractor_id(req.extractor.as_deref(), registry)?,
+            metrics: resolve_metrics(req.metrics.as_deref())?,
+            parameters: req.parameters,
+            top_k: req.top_k,
+            bootstrap: req.bootstrap,
+            infinity_points: req.infinity_points,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Validates a matrix request and fills in its defaults.
+    pub fn matrix(req: MatrixRequest, registry: &Registry) -> Result<Self, Invalid> {
+        if req.datasets.len() < 2 || req.datasets.len() > 50 {
+            return Err(invalid("a gap matrix needs 2 to 50 datasets"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = req.datasets.iter().find(|d| !seen.insert(**d)) {
+            return Err(invalid(format!("dataset {dup} is listed twice")));
+        }
+        let metrics = resolve_metrics(req.metrics.as_deref())?;
+        score::check_symmetric(&metrics).map_err(|e| invalid(e.to_string()))?;
+        let spec = Self {
+            kind: JobKind::Matrix,
+            datasets: req.datasets,
+            extractor: resolve_extractor_id(req.extractor.as_deref(), registry)?,
+            metrics,
+            parameters: req.parameters,
+            top_k: None,
+            bootstrap: None,
+            infinity_points: None,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let p = &self.parameters;
+        let range = |name: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(format!("{name} must be {lo} to {hi}, got {v}")))
+            }
+        };
+        range("parameters.kid.subsets", p.kid.subsets, 1, 100_000)?;
+        range(
+            "parameters.kid.subset_size",
+            p.kid.subset_size,
+            2,
+            1_000_000,
+        )?;
+        range("parameters.kid.degree", p.kid.degree.max(0) as usize, 1, 10)?;
+        range("parameters.is.splits", p.is.splits, 1, 10_000)?;
+        range("parameters.prdc.k_pr", p.prdc.k_pr, 1, 1000)?;
+        range("parameters.prdc.k_dc", p.prdc.k_dc, 1, 1000)?;
+        for (name, v) in [
+            ("parameters.kid.gamma", p.kid.gamma),
+            ("parameters.mmd.bandwidth", p.mmd.bandwidth),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(invalid(format!("{name} must be a positive number")));
+                }
+            }
+        }
+        if !p.kid.coef0.is_finite() {
+            return Err(invalid("parameters.kid.coef0 must be finite"));
+        }
+        if let Some(k) = self.top_k {
+            range("top_k", k, 1, 10_000)?;
+        }
+        if let Some(b) = &self.bootstrap {
+            range("bootstrap.resamples", b.resamples, 2, 10_000)?;
+            if !(b.level > 0.0 && b.level < 1.0) {
+                return Err(invalid("bootstrap.level must be between 0 and 1"));
+            }
+        }
+        if let Some(points) = self.infinity_points {
+            range("infinity_points", points, 2, 50)?;
+        }
+        Ok(())
+    }
+
+    /// The options `gapmeter score` would run with.
+    pub fn score_options(
+        &self,
+        registry: Registry,
+        device: DeviceSpec,
+        batch_size: usize,
+    ) -> ScoreOptions {
+        let p = &self.parameters;
+        ScoreOptions {
+            extractor: Some(self.extractor.clone()),
+            metrics: Some(self.metrics.clone()),
+            params: MetricParams {
+                kid: KidParams {
+                    subsets: p.kid.subsets,
+                    subset_size: p.kid.subset_size,
+                    degree: p.kid.degree,
+                    gamma: p.kid.gamma,
+                    coef0: p.kid.coef0,
+                    seed: p.seed,
+                },
+                is: IsParams {
+                    splits: p.is.splits,
+                    shuffle_seed: p.is.shuffle.then_some(p.seed),
+                },
+                mmd: MmdParams {
+                    bandwidth: p
+                        .mmd
+                        .bandwidth
+                        .map(Bandwidth::Fixed)
+                        .unwrap_or(Bandwidth::Median),
+                    estimator: p.mmd.estimator,
+                    seed: p.seed,
+                },
+                prdc: PrdcParams {
+                    k_pr: p.prdc.k_pr,
+                    k_dc: p.prdc.k_dc,
+                },
+            },
+            batch_size,
+            device,
+            strict: false,
+            registry,
+            progress: false,
+            bootstrap: self.bootstrap.as_ref().map(|b| BootstrapParams {
+                resamples: b.resamples,
+                level: b.level,
+                seed: p.seed,
+            }),
+            infinity_points: self.infinity_points,
+            top: self.top_k,
+        }
+    }
+
+    /// Identifies the request for idempotency keys.
+    pub fn request_hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        blake3::hash(&json).to_hex().to_string()
+    }
+
+    /// Key of the result cache: this request on exactly this content (each dataset's id and
+    /// content hash) with exactly this extractor (see [`Manifest::cache_key`]).
+    pub fn result_key(&self, contents: &[&str], extractor_key: &str) -> String {
+        let json = serde_json::json!({
+            "spec": self,
+            "contents": contents,
+            "extractor": extractor_key,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        let bytes = serde_json::to_vec(&json).unwrap_or_default();
+        blake3::hash(&bytes).to_hex().to_string()
+    }
+
+    /// Whether the metrics need each image's features (else dataset statistics suffice).
+    pub fn needs_features(&self) -> bool {
+        self.metrics.iter().any(|m| m.needs_features())
+            || self.top_k.is_some()
+            || self.bootstrap.is_some()
+            || self.infinity_points.is_some()
+    }
+}
+
+fn resolve_metrics(requested: Option<&[MetricName]>) -> Result<Vec<MetricName>, Invalid> {
+    if requested.is_some_and(<[MetricName]>::is_empty) {
+        return Err(invalid("metrics must name at least one metric"));
+    }
+    score::image_metrics(requested).map_err(|e| invalid(e.to_string()))
+}
+
+/// A registered id (never a path: a request must not make the service read arbitrary files).
+fn resolve_extractor_id(requested: Option<&str>, registry: &Registry) -> Result<String, Invalid> {
+    match requested {
+        Some(id) => {
+            let ok = !id.is_empty()
+                && id.len() <= 100
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !id.starts_with('.');
+            if !ok {
+                return Err(invalid(format!("{id:?} is not an extractor id")));
+            }
+            registry.get(id).map_err(|e| invalid(e.to_string()))?;
+            Ok(id.to_string())
+        }
+        None => DEFAULT_EXTRACTORS
+            .iter()
+            .find(|id| registry.get(id).is_ok())
+            .map(|id| id.to_string())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no default extractor is installed in {} (run `make models` or scripts/export_models.py) — name one with `extractor`",
+                    registry.dir().display()
+                ))
+            }),
+    }
+}
+
+/// Whether `manifest` has an output called `name`.
+pub fn has_output(manifest: &Manifest, name: &str) -> bool {
+    manifest.outputs.iter().any(|o| o == name)
+}
