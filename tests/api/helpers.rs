@@ -22,6 +22,27 @@ pub async fn spawn(pool: PgPool) -> TestApp {
 }
 
 pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app(pool, extra, PathBuf::from("/nonexistent-models"), false).await
+}
+
+/// Queue timing for tests: quick polls, short leases, short backoff.
+pub const FAST_QUEUE: &[(&str, &str)] = &[
+    ("GAPMETER_QUEUE__POLL_MS", "100"),
+    ("GAPMETER_QUEUE__HEARTBEAT_MS", "200"),
+    ("GAPMETER_QUEUE__LEASE_MS", "2000"),
+    ("GAPMETER_QUEUE__BACKOFF_BASE_MS", "50"),
+    ("GAPMETER_QUEUE__BACKOFF_MAX_MS", "200"),
+    ("GAPMETER_WORKER__BATCH_SIZE", "8"),
+];
+
+/// The service with the test extractors (`make models`) and, when `worker`, an in-process worker.
+pub async fn spawn_jobs(pool: PgPool, extra: &[(&str, &str)], worker: bool) -> TestApp {
+    let mut all: Vec<(&str, &str)> = FAST_QUEUE.to_vec();
+    all.extend_from_slice(extra);
+    spawn_app(pool, &all, gapmeter::features::default_models_dir(), worker).await
+}
+
+async fn spawn_app(pool: PgPool, extra: &[(&str, &str)], models: PathBuf, worker: bool) -> TestApp {
     let blobs = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", blobs.path().display());
     let admin = format!("admin-{}", uuid::Uuid::new_v4());
@@ -32,9 +53,13 @@ pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
     ];
     overrides.extend_from_slice(extra);
     let config = Config::from_overrides(overrides).unwrap();
-    let app = Application::with_pool(config, pool.clone(), PathBuf::from("/nonexistent-models"))
+    let app = Application::with_pool(config, pool.clone(), models)
         .await
         .unwrap();
+    if worker {
+        let w = app.worker().unwrap();
+        tokio::spawn(w.run(std::future::pending::<()>()));
+    }
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -47,6 +72,22 @@ pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// A URL of this test's database, for worker processes.
+    pub fn database_url(&self) -> String {
+        let o = self.pool.connect_options();
+        format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap()
+        )
+    }
+
+    pub fn blob_url(&self) -> String {
+        format!("file://{}", self.blobs.path().display())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,5 +1,6 @@
 //! The HTTP API end to end: a real server on a random port, a real PostgreSQL database per test.
 mod helpers;
+mod jobs;
 
 use helpers::{folder, png, root, spawn, spawn_with, tar_gz, zip};
 use serde_json::{json, Value};

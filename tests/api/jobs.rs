@@ -1,0 +1,739 @@
+//! Jobs end to end: the API, the queue, in-process and separate worker processes, the caches.
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use super::helpers::{folder, png, root, spawn_jobs, TestApp};
+
+/// Submits a job and returns its JSON (202 expected).
+async fn submit(app: &TestApp, key: &str, body: &Value) -> Value {
+    let resp = app.post_json("/v1/jobs", key, body).await;
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        location.unwrap(),
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    job
+}
+
+/// Follows `/events` until `end`; returns (kind, data) of every event and the final job.
+async fn follow(app: &TestApp, key: &str, id: &str) -> (Vec<(String, Value)>, Value) {
+    let resp = app.get(&format!("/v1/jobs/{id}/events"), key).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next())
+            .await
+            .expect("job did not end in time")
+            .expect("stream closed before `end`")
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut kind = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let value: Value = serde_json::from_str(&data).unwrap();
+            if kind == "end" {
+                return (events, value);
+            }
+            events.push((kind, value));
+        }
+    }
+}
+
+/// Polls the job until `done` holds.
+async fn wait_for(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let job: Value = app
+            .get(&format!("/v1/jobs/{id}"), key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn dataset_from(
+    app: &TestApp,
+    key: &str,
+    name: &str,
+    files: Vec<(String, Vec<u8>)>,
+) -> String {
+    let id = app.dataset(key, name).await;
+    let resp = app.upload(key, &id, files).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    id
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-300)
+}
+
+#[sqlx::test]
+async fn a_job_scores_like_the_cli_then_answers_from_cache_and_extracts_only_new_images(
+    pool: PgPool,
+) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", folder(&root().join("examples/A"))).await;
+    let b = dataset_from(&app, &key, "B", folder(&root().join("examples/B"))).await;
+    let request = json!({
+        "source": a, "target": b, "extractor": "tiny-cnn",
+        "metrics": ["fid", "kid", "prdc"], "top_k": 3,
+    });
+    let job = submit(&app, &key, &request).await;
+    assert_eq!(job["status"], "queued");
+    let (events, done) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.starts_with(&["queued", "claimed"]), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"succeeded"));
+    assert!(events.iter().any(|(k, d)| k == "progress"
+        && d["data"]["phase"] == "extracting"
+        && d["data"]["done"] == 48));
+    assert_eq!(done["work"]["images_extracted"], 48);
+    assert_eq!(done["work"]["model_loaded"], true);
+    assert!(done["timings"]["run_ms"].as_i64().is_some());
+
+    // The CLI on the same folders gives the same numbers.
+    let cli = Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+        .args([
+            "score",
+            "examples/A",
+            "examples/B",
+            "--extractor",
+            "tiny-cnn",
+            "--metrics",
+            "fid,kid,prdc",
+            "--top",
+            "3",
+            "--format",
+            "json",
+            "--no-progress",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let result = &done["result"];
+    let names: Vec<&String> = cli["metrics"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        result["metrics"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>()
+    );
+    for (name, v) in cli["metrics"].as_object().unwrap() {
+        for field in ["value", "mean", "std"] {
+            if let Some(x) = v[field].as_f64() {
+                let y = result["metrics"][name][field].as_f64().unwrap();
+                assert!(close(x, y), "{name}.{field}: cli {x} vs job {y}");
+            }
+        }
+    }
+    assert_eq!(
+        cli["source"]["content_hash"],
+        result["source"]["content_hash"]
+    );
+    assert_eq!(
+        cli["target"]["content_hash"],
+        result["target"]["content_hash"]
+    );
+    assert_eq!(cli["extractor"]["sha256"], result["extractor"]["sha256"]);
+    assert_eq!(cli["parameters"], result["parameters"]);
+    assert_eq!(cli["warnings"], result["warnings"]);
+    let (ci, ji) = (
+        cli["per_image"]["images"].as_array().unwrap(),
+        result["per_image"]["images"].as_array().unwrap(),
+    );
+    assert_eq!(ci.len(), 3);
+    for (c, j) in ci.iter().zip(ji) {
+        assert_eq!(c["index"], j["index"]);
+        assert!(c["path"]
+            .as_str()
+            .unwrap()
+            .ends_with(j["path"].as_str().unwrap()));
+        assert!(close(
+            c["witness"].as_f64().unwrap(),
+            j["witness"].as_f64().unwrap()
+        ));
+    }
+
+    // The same request again is answered from the result cache, without a worker.
+    let again = submit(&app, &key, &request).await;
+    assert_eq!(again["status"], "succeeded");
+    assert_eq!(again["work"]["result_cache_hit"], true);
+    assert_eq!(again["work"]["images_extracted"], 0);
+    assert_eq!(again["result"], done["result"]);
+
+    // Other parameters on the same pair: features all come from the cache, no model is loaded.
+    let mut other = request.clone();
+    other["parameters"] = json!({"seed": 7});
+    let job = submit(&app, &key, &other).await;
+    let (events, done2) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done2["status"], "succeeded", "{done2}");
+    assert_eq!(done2["work"]["images_extracted"], 0);
+    assert_eq!(done2["work"]["feature_cache_hits"], 48);
+    assert_eq!(done2["work"]["model_loaded"], false);
+    assert!(!events
+        .iter()
+        .any(|(_, d)| d["data"]["phase"] == "extracting"));
+    assert_eq!(
+        done2["result"]["metrics"]["fid"],
+        done["result"]["metrics"]["fid"]
+    );
+
+    // Ten new images in the target: exactly ten are extracted.
+    let extra: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("new{i:02}.png"), png(40 + i, 30, 200 + i as u8)))
+        .collect();
+    let resp = app.upload(&key, &b, extra).await;
+    assert_eq!(resp.status(), 200);
+    let job = submit(&app, &key, &request).await;
+    assert_eq!(job["status"], "queued", "new content is not a cache hit");
+    let (_, done3) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done3["status"], "succeeded", "{done3}");
+    assert_eq!(done3["work"]["images_extracted"], 10);
+    assert_eq!(done3["work"]["feature_cache_hits"], 48);
+    assert_eq!(done3["result"]["target"]["count"], 34);
+    assert_ne!(
+        done3["result"]["target"]["content_hash"],
+        done["result"]["target"]["content_hash"]
+    );
+
+    // Listing and filtering.
+    let page: Value = app
+        .get(
+            &format!("/v1/jobs?dataset={b}&status=succeeded&limit=2"),
+            &key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest: Value = app
+        .get(
+            &format!("/v1/jobs?dataset={b}&status=succeeded&cursor={cursor}"),
+            &key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    assert!(rest["next_cursor"].is_null());
+    let none: Value = app
+        .get("/v1/jobs?status=failed", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gapmeter_jobs{status=\"succeeded\"} 4"),
+        "{metrics}"
+    );
+
+    // Another team cannot see the jobs.
+    let (_, intruder) = app.team("other").await;
+    let id = done["id"].as_str().unwrap();
+    for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/events")] {
+        assert_eq!(app.get(&path, &intruder).await.status(), 404);
+    }
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), &intruder)
+            .await
+            .status(),
+        404
+    );
+    let theirs: Value = app.get("/v1/jobs", &intruder).await.json().await.unwrap();
+    assert!(theirs["items"].as_array().unwrap().is_empty());
+}
+
+#[sqlx::test]
+async fn a_matrix_job_tables_every_pair(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", folder(&root().join("examples/A"))).await;
+    let b = dataset_from(&app, &key, "B", folder(&root().join("examples/B"))).await;
+    let c = dataset_from(
+        &app,
+        &key,
+        "C",
+        (0..6)
+            .map(|i| (format!("c{i}.png"), png(32, 32, i * 40)))
+            .collect(),
+    )
+    .await;
+    let resp = app
+        .post_json(
+            "/v1/matrix",
+            &key,
+            &json!({"datasets": [a, b, c], "extractor": "tiny-cnn", "metrics": ["fid", "kid"]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["kind"], "matrix");
+    let (_, done) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let fid = done["result"]["metrics"]["fid"].as_array().unwrap();
+    assert_eq!(fid.len(), 3);
+    for (i, row) in fid.iter().enumerate() {
+        for (j, v) in row.as_array().unwrap().iter().enumerate() {
+            assert_eq!(*v, fid[j][i]);
+            assert_eq!(i == j, v.as_f64().unwrap() == 0.0, "[{i}][{j}] = {v}");
+        }
+    }
+    // Asymmetric metrics have no place in a matrix.
+    let resp = app
+        .post_json(
+            "/v1/matrix",
+            &key,
+            &json!({"datasets": [a, b], "metrics": ["prdc"]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 422);
+}
+
+#[sqlx::test]
+async fn bad_requests_are_refused_before_queueing(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", vec![("x.png".into(), png(8, 8, 1))]).await;
+    let empty = app.dataset(&key, "empty").await;
+    let cases = [
+        json!({"source": a, "target": empty}),
+        json!({"source": a, "target": "0190aaaa-0000-7000-8000-000000000000"}),
+        json!({"source": a, "target": a, "extractor": "../../etc/passwd"}),
+        json!({"source": a, "target": a, "extractor": "no-such-model"}),
+        json!({"source": a, "target": a, "metrics": []}),
+        json!({"source": a, "target": a, "parameters": {"kid": {"subsets": 0}}}),
+        json!({"source": a, "target": a, "parameters": {"mmd": {"bandwidth": -1.0}}}),
+        json!({"source": a, "target": a, "bootstrap": {"resamples": 100, "level": 1.5}}),
+        json!({"source": a, "target": a, "surprise": true}),
+    ];
+    for body in cases {
+        let resp = app.post_json("/v1/jobs", &key, &body).await;
+        assert_eq!(resp.status(), 422, "{body}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    let jobs: Value = app.get("/v1/jobs", &key).await.json().await.unwrap();
+    assert!(jobs["items"].as_array().unwrap().is_empty());
+}
+
+#[sqlx::test]
+async fn idempotency_keys_replay_the_same_job_and_refuse_another_body(pool: PgPool) {
+    // No worker: the job stays queued, which is all this needs.
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let (_, other_team) = app.team("other").await;
+    let a = dataset_from(
+        &app,
+        &key,
+        "A",
+        vec![
+            ("x.png".into(), png(8, 8, 1)),
+            ("y.png".into(), png(8, 8, 2)),
+        ],
+    )
+    .await;
+    let body = json!({"source": a, "target": a, "extractor": "tiny-cnn"});
+    let send = |body: Value, team_key: String| {
+        let client = app.client.clone();
+        let url = app.url("/v1/jobs");
+        async move {
+            client
+                .post(url)
+                .bearer_auth(team_key)
+                .header("Idempotency-Key", "run-42")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = send(body.clone(), key.clone()).await;
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let replay = send(body.clone(), key.clone()).await;
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["id"], first["id"]);
+
+    // Explicit defaults are the same request.
+    let mut explicit = body.clone();
+    explicit["metrics"] = json!(["fid", "kid"]);
+    explicit["parameters"] = json!({"seed": 2020});
+    let same: Value = send(explicit, key.clone()).await.json().await.unwrap();
+    assert_eq!(same["id"], first["id"]);
+
+    let mut changed = body.clone();
+    changed["metrics"] = json!(["fid"]);
+    let conflict = send(changed, key.clone()).await;
+    assert_eq!(conflict.status(), 422);
+    let problem: Value = conflict.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("different request"),
+        "{problem}"
+    );
+
+    // Keys are per team: another team's identical key is its own job (here: its dataset is
+    // not visible, so the request itself is refused).
+    assert_eq!(send(body, other_team).await.status(), 422);
+    let jobs: Value = app.get("/v1/jobs", &key).await.json().await.unwrap();
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 1);
+}
+
+/// Enough Inception work on two CPU cores that a job is still running a few seconds in.
+async fn slow_job(app: &TestApp, key: &str, images: u8) -> (String, Value) {
+    let files: Vec<(String, Vec<u8>)> = (0..images)
+        .map(|i| {
+            (
+                format!("s{i:02}.png"),
+                png(48 + i as u32, 40, i.wrapping_mul(37)),
+            )
+        })
+        .collect();
+    let a = dataset_from(app, key, "slow", files).await;
+    let body = json!({"source": a, "target": a, "extractor": "inception-v3-fid-untrained", "metrics": ["fid"]});
+    (a, body)
+}
+
+#[sqlx::test]
+async fn cancelling_stops_queued_jobs_at_once_and_running_jobs_at_the_next_batch(pool: PgPool) {
+    let app = spawn_jobs(pool, &[("GAPMETER_WORKER__BATCH_SIZE", "1")], true).await;
+    let (_, key) = app.team("lab").await;
+    let (_, body) = slow_job(&app, &key, 24).await;
+    let job = submit(&app, &key, &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "extraction to start", |j| {
+        j["progress"]["phase"] == "extracting" && j["progress"]["done"].as_i64() >= Some(1)
+    })
+    .await;
+    let resp = app.delete(&format!("/v1/jobs/{id}"), &key).await;
+    assert_eq!(resp.status(), 202);
+    let cancelling: Value = resp.json().await.unwrap();
+    assert!(cancelling["cancel_requested"].as_bool().unwrap());
+    let (events, done) = follow(&app, &key, &id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(
+        done["progress"]["done"].as_i64().unwrap() < 24,
+        "stopped early: {done}"
+    );
+    assert_eq!(done["error"]["type"], "/problems/cancelled");
+    assert!(events.iter().any(|(k, _)| k == "cancel_requested"));
+    // A finished job cannot be cancelled; a cancelled one can, idempotently.
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), &key).await.status(),
+        202
+    );
+
+    // A queued job is cancelled at once and never runs.
+    let mut queued_body = body.clone();
+    queued_body["parameters"] = json!({"seed": 1});
+    let second = submit(&app, &key, &queued_body).await;
+    let third = submit(&app, &key, &json!({"source": body["source"], "target": body["target"], "extractor": "tiny-cnn", "metrics": ["fid"]})).await;
+    let resp = app
+        .delete(&format!("/v1/jobs/{}", third["id"].as_str().unwrap()), &key)
+        .await;
+    assert_eq!(resp.status(), 202);
+    let third: Value = resp.json().await.unwrap();
+    assert!(
+        third["status"] == "cancelled" || third["cancel_requested"] == true,
+        "{third}"
+    );
+    let second_done = wait_for(
+        &app,
+        &key,
+        second["id"].as_str().unwrap(),
+        "the second job",
+        |j| j["status"] == "succeeded",
+    )
+    .await;
+    assert_eq!(second_done["attempts"], 1);
+    let third = wait_for(
+        &app,
+        &key,
+        third["id"].as_str().unwrap(),
+        "the third job",
+        |j| j["status"] != "queued" && j["status"] != "running",
+    )
+    .await;
+    assert_eq!(third["status"], "cancelled");
+    assert!(third["result"].is_null());
+    let resp = app
+        .delete(
+            &format!("/v1/jobs/{}", second_done["id"].as_str().unwrap()),
+            &key,
+        )
+        .await;
+    assert_eq!(resp.status(), 409);
+}
+
+#[sqlx::test]
+async fn a_job_whose_images_are_gone_from_the_blob_store_retries_then_is_dead(pool: PgPool) {
+    let app = spawn_jobs(pool, &[("GAPMETER_QUEUE__MAX_ATTEMPTS", "3")], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(
+        &app,
+        &key,
+        "A",
+        (0..4)
+            .map(|i| (format!("{i}.png"), png(16, 16, i * 9)))
+            .collect(),
+    )
+    .await;
+    // The blob store loses the bytes (an operator error, a bucket policy...).
+    for entry in walkdir::WalkDir::new(app.blobs.path()) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let job = submit(
+        &app,
+        &key,
+        &json!({"source": a, "target": a, "extractor": "tiny-cnn"}),
+    )
+    .await;
+    let (events, done) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "dead", "{done}");
+    assert_eq!(done["attempts"], 3);
+    assert_eq!(events.iter().filter(|(k, _)| k == "claimed").count(), 3);
+    assert_eq!(events.iter().filter(|(k, _)| k == "retry").count(), 2);
+    let detail = done["error"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("attempt 3 of 3") && detail.contains("blob store"),
+        "{detail}"
+    );
+
+    // A fatal error is not retried: KID cannot be computed from a single image.
+    let b = dataset_from(&app, &key, "B", vec![("b.png".into(), png(16, 16, 3))]).await;
+    let job = submit(
+        &app,
+        &key,
+        &json!({"source": b, "target": b, "extractor": "tiny-cnn", "metrics": ["kid"]}),
+    )
+    .await;
+    let (_, failed) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["attempts"], 1);
+    assert_eq!(failed["error"]["type"], "/problems/job-failed");
+    assert!(
+        failed["error"]["detail"].as_str().unwrap().contains("KID"),
+        "{failed}"
+    );
+}
+
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker_process(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gapmeter"));
+    cmd.arg("worker")
+        .env("DATABASE_URL", app.database_url())
+        .env("GAPMETER_STORAGE__URL", app.blob_url())
+        .env(
+            "GAPMETER_MODELS_DIR",
+            gapmeter::features::default_models_dir(),
+        )
+        .env("GAPMETER_LOG", "gapmeter=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in super::helpers::FAST_QUEUE.iter().chain(extra) {
+        cmd.env(k, v);
+    }
+    WorkerProcess(cmd.spawn().unwrap())
+}
+
+#[sqlx::test]
+async fn two_worker_processes_complete_fifty_jobs_once_each(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(
+        &app,
+        &key,
+        "A",
+        (0..5)
+            .map(|i| (format!("a{i}.png"), png(20, 20, i * 11)))
+            .collect(),
+    )
+    .await;
+    let b = dataset_from(
+        &app,
+        &key,
+        "B",
+        (0..5)
+            .map(|i| (format!("b{i}.png"), png(24, 20, 100 + i * 13)))
+            .collect(),
+    )
+    .await;
+    let _w1 = worker_process(&app, &[]);
+    let _w2 = worker_process(&app, &[]);
+    let mut ids = Vec::new();
+    for seed in 0..50 {
+        // Distinct seeds: 50 distinct results, none answered from the result cache.
+        let job = submit(&app, &key, &json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["kid"], "parameters": {"seed": seed, "kid": {"subsets": 20}}})).await;
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let page: Value = app
+            .get("/v1/jobs?status=succeeded&limit=500", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if page["items"].as_array().unwrap().len() == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 50 succeeded",
+            page["items"].as_array().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut workers = std::collections::HashSet::new();
+    let mut extracted = 0;
+    for id in &ids {
+        let (events, job) = follow(&app, &key, id).await;
+        assert_eq!(job["status"], "succeeded");
+        assert_eq!(job["attempts"], 1, "{job}");
+        let claims: Vec<&Value> = events
+            .iter()
+            .filter(|(k, _)| k == "claimed")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(claims.len(), 1, "claimed once: {events:?}");
+        assert_eq!(
+            events.iter().filter(|(k, _)| k == "succeeded").count(),
+            1,
+            "completed once"
+        );
+        workers.insert(claims[0]["data"]["worker"].as_str().unwrap().to_string());
+        extracted += job["work"]["images_extracted"].as_u64().unwrap();
+    }
+    assert_eq!(workers.len(), 2, "both workers took jobs");
+    // Each image is extracted at least once in all; a race between the two workers may extract it
+    // twice, never more than once per worker.
+    assert!((10..=20).contains(&extracted), "{extracted}");
+}
+
+#[sqlx::test]
+async fn a_killed_workers_job_is_reclaimed_after_its_lease_and_finished_by_another(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let (_, body) = slow_job(&app, &key, 16).await;
+    let lease = [
+        ("GAPMETER_QUEUE__LEASE_MS", "1500"),
+        ("GAPMETER_QUEUE__HEARTBEAT_MS", "300"),
+        ("GAPMETER_WORKER__BATCH_SIZE", "1"),
+    ];
+    let mut first = worker_process(&app, &lease);
+    let job = submit(&app, &key, &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "the first worker to extract", |j| {
+        j["progress"]["phase"] == "extracting" && j["progress"]["done"].as_i64() >= Some(3)
+    })
+    .await;
+    // SIGKILL: no chance to release the job or say goodbye.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let killed_at = Instant::now();
+    let _second = worker_process(&app, &lease);
+    let (events, done) = follow(&app, &key, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert!(events.iter().any(|(k, _)| k == "lease_expired"));
+    let claims: Vec<&str> = events
+        .iter()
+        .filter(|(k, _)| k == "claimed")
+        .map(|(_, d)| d["data"]["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(claims.len(), 2);
+    assert_ne!(claims[0], claims[1]);
+    // The batches the first worker finished were cached: the second extracts only the rest.
+    let extracted = done["work"]["images_extracted"].as_u64().unwrap();
+    assert!(extracted < 16 && extracted > 0, "{extracted}");
+    assert_eq!(
+        done["work"]["feature_cache_hits"].as_u64().unwrap() + extracted,
+        16
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(1000),
+        "reclaimed only after the lease"
+    );
+}
