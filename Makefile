@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test setup models examples fixtures openapi bench bench-upload lint fmt
+.PHONY: run demo test setup models examples fixtures openapi bench bench-upload bench-jobs lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -49,6 +49,10 @@ bench: models
 ## bench-upload: stream a ~500 MB upload into the service, print peak memory (needs PostgreSQL)
 bench-upload: setup
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench upload_memory
+
+## bench-jobs: latency of scoring through HTTP: cold job, cached re-score p50/p99 (needs PostgreSQL)
+bench-jobs: models
+	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench rescore
 
 ## lint: formatting and clippy, as CI runs them
 lint:

@@ -48,12 +48,15 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
+        let (job_events, _) = tokio::sync::broadcast::channel(1024);
+        tokio::spawn(api::listen_job_events(pool.clone(), job_events.clone()));
         let state = AppState {
             pool,
             blobs,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()?),
             models_dir,
+            job_events,
         };
         Ok(Self {
             listener,

@@ -287,11 +287,13 @@ pub async fn events(
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
     let pool = state.pool.clone();
+    let wake = state.job_events.clone();
     let stream = stream::unfold(Some(after), move |cursor| {
         let pool = pool.clone();
+        let wake = wake.subscribe();
         async move {
             let after = cursor?;
-            Some(match next_events(&pool, team, id, after).await {
+            Some(match next_events(&pool, wake, team, id, after).await {
                 Ok((events, next)) => (events, next),
                 Err(e) => {
                     tracing::warn!(error = %e, "job event stream failed");
@@ -310,6 +312,7 @@ pub async fn events(
 /// Waits for events after `after`; returns them and the next cursor (`None` after `end`).
 async fn next_events(
     pool: &sqlx::PgPool,
+    mut wake: tokio::sync::broadcast::Receiver<JobId>,
     team: TeamId,
     id: JobId,
     after: i64,
@@ -334,7 +337,20 @@ async fn next_events(
             );
             return Ok((out, None));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Woken by a notification for this job; polling once a second is the fallback.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match wake.recv().await {
+                    Ok(j) if j == id => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -39,6 +39,36 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub models_dir: std::path::PathBuf,
+    /// Ids of jobs that have a new event (from LISTEN, see [`listen_job_events`]).
+    pub job_events: tokio::sync::broadcast::Sender<crate::store::JobId>,
+}
+
+/// Forwards the database's job-event notifications (written by any worker anywhere) to the
+/// event streams of this process. Reconnects after errors; streams also poll, so a gap only
+/// delays them.
+pub async fn listen_job_events(
+    pool: sqlx::PgPool,
+    tx: tokio::sync::broadcast::Sender<crate::store::JobId>,
+) {
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(crate::store::EVENTS_CHANNEL).await?;
+            loop {
+                let n = l.recv().await?;
+                if let Ok(id) = n.payload().parse() {
+                    // No receivers is fine: nobody is streaming.
+                    let _ = tx.send(id);
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(e) = listener.await {
+            tracing::warn!(error = %e, "job event listener failed; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// JSON bodies are small; uploads get the configured request limit on their own route.

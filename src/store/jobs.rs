@@ -16,6 +16,10 @@ use super::{DatasetId, JobId, Page, TeamId};
 /// The NOTIFY channel that announces claimable jobs.
 pub const CHANNEL: &str = "gapmeter_jobs";
 
+/// The NOTIFY channel that announces a new event of a job (payload: the job id), so event
+/// streams wake at once instead of polling.
+pub const EVENTS_CHANNEL: &str = "gapmeter_job_events";
+
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -297,12 +301,16 @@ async fn add_event(
     kind: &str,
     data: &Value,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO job_events (job_id, kind, data) VALUES ($1, $2, $3)")
-        .bind(job)
-        .bind(kind)
-        .bind(data)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "WITH e AS (INSERT INTO job_events (job_id, kind, data) VALUES ($1, $2, $3))
+         SELECT pg_notify($4, $1::text)",
+    )
+    .bind(job)
+    .bind(kind)
+    .bind(data)
+    .bind(EVENTS_CHANNEL)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -754,7 +762,7 @@ pub async fn finish(
 /// that was the last attempt, or to `cancelled` when a cancel was pending. Returns how many.
 #[tracing::instrument(skip(pool))]
 pub async fn reap_expired(pool: &PgPool) -> sqlx::Result<u64> {
-    let reaped: Vec<(JobId, String)> = sqlx::query_as(
+    let reaped: Vec<(JobId, String, ())> = sqlx::query_as(
         "WITH expired AS (
              SELECT id FROM jobs WHERE status = 'running' AND locked_until < now() FOR UPDATE SKIP LOCKED
          ), reaped AS (
@@ -775,17 +783,18 @@ pub async fn reap_expired(pool: &PgPool) -> sqlx::Result<u64> {
              INSERT INTO job_events (job_id, kind, data)
              SELECT id, 'lease_expired', jsonb_build_object('status', status) FROM reaped
          )
-         SELECT id, status FROM reaped",
+         SELECT id, status, pg_notify($1, id::text) FROM reaped",
     )
+    .bind(EVENTS_CHANNEL)
     .fetch_all(pool)
     .await?;
-    if reaped.iter().any(|(_, s)| s == "queued") {
+    if reaped.iter().any(|(_, s, _)| s == "queued") {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(pool)
             .await?;
     }
-    for (id, status) in &reaped {
+    for (id, status, _) in &reaped {
         tracing::warn!(job = %id, status, "lease expired");
     }
     Ok(reaped.len() as u64)

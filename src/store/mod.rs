@@ -23,6 +23,7 @@ pub use jobs::{
     cancel, claim, enqueue, finish, get_job, heartbeat, job_counts, job_events, list_jobs,
     reap_expired, report_progress, CancelOutcome, Claimed, Enqueued, Finished, Job, JobEvent,
     JobFilter, JobStatus, Lease, LeaseError, NewJob, Outcome, Progress, Timings, CHANNEL,
+    EVENTS_CHANNEL,
 };
 pub use keys::{
     create_key, create_team, find_key, list_teams, revoke_key, ApiKey, KeyRecord, NewKey, Scope,
