@@ -29,7 +29,7 @@ pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
 pub const FAST_QUEUE: &[(&str, &str)] = &[
     ("GAPMETER_QUEUE__POLL_MS", "100"),
     ("GAPMETER_QUEUE__HEARTBEAT_MS", "200"),
-    ("GAPMETER_QUEUE__LEASE_MS", "2000"),
+    ("GAPMETER_QUEUE__LEASE_MS", "5000"),
     ("GAPMETER_QUEUE__BACKOFF_BASE_MS", "50"),
     ("GAPMETER_QUEUE__BACKOFF_MAX_MS", "200"),
     ("GAPMETER_WORKER__BATCH_SIZE", "8"),

@@ -698,7 +698,7 @@ async fn a_killed_workers_job_is_reclaimed_after_its_lease_and_finished_by_anoth
     let (_, key) = app.team("lab").await;
     let (_, body) = slow_job(&app, &key, 16).await;
     let lease = [
-        ("GAPMETER_QUEUE__LEASE_MS", "1500"),
+        ("GAPMETER_QUEUE__LEASE_MS", "2500"),
         ("GAPMETER_QUEUE__HEARTBEAT_MS", "300"),
         ("GAPMETER_WORKER__BATCH_SIZE", "1"),
     ];
@@ -736,4 +736,129 @@ async fn a_killed_workers_job_is_reclaimed_after_its_lease_and_finished_by_anoth
         killed_at.elapsed() >= Duration::from_millis(1000),
         "reclaimed only after the lease"
     );
+}
+
+/// `n` distinct small PNGs.
+fn pngs(prefix: &str, n: u32, salt: u8) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("{prefix}{i:03}.png"),
+                png(20 + i % 17, 20 + i / 17, salt.wrapping_add((i * 7) as u8)),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test]
+async fn fid_from_cached_statistics_needs_no_features_and_caches_are_per_team(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    // More images than tiny-cnn's 128 dimensions: FID then uses the statistics route both in
+    // `gapmeter score` and from the statistics cache.
+    let a = dataset_from(&app, &key, "A", pngs("a", 140, 0)).await;
+    let b = dataset_from(&app, &key, "B", pngs("b", 135, 90)).await;
+    let request = json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["fid"]});
+    let job = submit(&app, &key, &request).await;
+    let (_, cold) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(cold["status"], "succeeded", "{cold}");
+    assert_eq!(cold["work"]["images_extracted"], 275);
+    assert_eq!(cold["work"]["statistics_cache_hits"], 0);
+
+    // Another request (another seed) on the same content: both datasets' statistics are cached.
+    let mut other = request.clone();
+    other["parameters"] = json!({"seed": 5});
+    let job = submit(&app, &key, &other).await;
+    let (_, warm) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(warm["status"], "succeeded", "{warm}");
+    assert_eq!(warm["work"]["statistics_cache_hits"], 2);
+    assert_eq!(
+        warm["work"]["feature_cache_hits"], 0,
+        "no per-image features were read"
+    );
+    assert_eq!(warm["work"]["model_loaded"], false);
+    assert_eq!(warm["result"]["metrics"], cold["result"]["metrics"]);
+    assert_eq!(warm["result"]["source"]["count"], 140);
+    assert_eq!(warm["result"]["warnings"], cold["result"]["warnings"]);
+
+    // Another team uploading the same images gets nothing from the first team's caches.
+    let (_, other_key) = app.team("other").await;
+    let a2 = dataset_from(&app, &other_key, "A", pngs("a", 140, 0)).await;
+    let b2 = dataset_from(&app, &other_key, "B", pngs("b", 135, 90)).await;
+    let job = submit(
+        &app,
+        &other_key,
+        &json!({"source": a2, "target": b2, "extractor": "tiny-cnn", "metrics": ["fid"]}),
+    )
+    .await;
+    let (_, theirs) = follow(&app, &other_key, job["id"].as_str().unwrap()).await;
+    assert_eq!(theirs["work"]["images_extracted"], 275);
+    assert_eq!(theirs["work"]["feature_cache_hits"], 0);
+    assert_eq!(theirs["result"]["metrics"], cold["result"]["metrics"]);
+}
+
+#[sqlx::test]
+async fn where_the_instance_shares_caches_another_teams_upload_hits_them(pool: PgPool) {
+    let shared = spawn_jobs(
+        pool,
+        &[("GAPMETER_CACHE__SHARE_ACROSS_TEAMS", "true")],
+        true,
+    )
+    .await;
+    let (_, k1) = shared.team("first").await;
+    let (_, k2) = shared.team("second").await;
+    for (k, expect_extracted) in [(&k1, 275), (&k2, 0)] {
+        let a = dataset_from(&shared, k, "A", pngs("a", 140, 0)).await;
+        let b = dataset_from(&shared, k, "B", pngs("b", 135, 90)).await;
+        let job = submit(
+            &shared,
+            k,
+            &json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["fid", "kid"]}),
+        )
+        .await;
+        let (_, done) = follow(&shared, k, job["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["work"]["images_extracted"], expect_extracted);
+    }
+}
+
+#[sqlx::test]
+async fn a_worker_stopped_with_sigterm_puts_its_job_back_without_using_an_attempt(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let (_, body) = slow_job(&app, &key, 16).await;
+    let slow = [("GAPMETER_WORKER__BATCH_SIZE", "1")];
+    let mut first = worker_process(&app, &slow);
+    let job = submit(&app, &key, &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "extraction to start", |j| {
+        j["progress"]["phase"] == "extracting" && j["progress"]["done"].as_i64() >= Some(2)
+    })
+    .await;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = first.0.wait().unwrap();
+    assert!(status.success(), "graceful exit: {status}");
+    let released: Value = app
+        .get(&format!("/v1/jobs/{id}"), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(released["status"], "queued", "{released}");
+    assert_eq!(
+        released["attempts"], 0,
+        "a shutdown is not a failed attempt"
+    );
+    let _second = worker_process(&app, &slow);
+    let (events, done) = follow(&app, &key, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert!(
+        events
+            .iter()
+            .any(|(k, d)| k == "retry" && d["data"]["reason"] == "worker shutting down"),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|(k, _)| k == "lease_expired"));
 }
