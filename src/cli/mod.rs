@@ -1,5 +1,6 @@
 //! The `gapmeter` command line: one binary, one subcommand per job.
 
+mod client;
 mod models;
 mod score;
 mod service;
@@ -30,6 +31,8 @@ pub enum Command {
     Migrate(service::ConfigArg),
     /// Print the OpenAPI description of the HTTP API.
     Openapi,
+    /// Use a running service: upload folders, run jobs, print results.
+    Client(client::ClientArgs),
     /// Create teams and keys from the command line.
     #[command(subcommand)]
     Admin(service::AdminCommand),
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => service::migrate(args),
         Command::Openapi => service::openapi(),
         Command::Admin(cmd) => service::admin(cmd),
+        Command::Client(args) => client::run(args),
         Command::Models(cmd) => models::run(cmd),
     };
     match result {

@@ -4,7 +4,7 @@ use serde::Serialize;
 use super::{inception_score::mean_std, rng::LegacyRandomState, MetricError};
 
 /// A least-squares line value = intercept + slope / N, and its value at 1/N = 0.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Extrapolation {
     /// The extrapolated value (the intercept).
     pub value: f64,
@@ -92,7 +92,7 @@ where
 }
 
 /// Bootstrap settings: resamples, interval level, seed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct BootstrapParams {
     pub resamples: usize,
     pub level: f64,
@@ -100,7 +100,7 @@ pub struct BootstrapParams {
 }
 
 /// A percentile bootstrap interval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Interval {
     pub low: f64,
     pub high: f64,

@@ -85,7 +85,7 @@ pub struct MetricParams {
 
 /// One reported quantity: a `value`, or a `mean` and `std` for subset-based metrics, an optional
 /// bootstrap interval and metric-specific details.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct MetricValue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,

@@ -12,7 +12,7 @@ use crate::ingest::list_images;
 use crate::metrics::{Features, StyleSet};
 
 /// An image left out of a set, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub path: String,
     pub reason: String,

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use ndarray::{Array1, Array2, Axis};
 use ndarray_npy::{NpzReader, ReadNpyExt};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::extract::{extract_folder, ExtractOptions, Skipped};
 use crate::features::Extractor;
@@ -44,16 +46,16 @@ impl InputKind {
 }
 
 /// Where a set came from, recorded with every result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetProvenance {
     pub path: String,
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     /// blake3 over the sorted blake3 hashes of the images, or over the file's bytes for
     /// `.npy`/`.npz` inputs.
     pub content_hash: String,
     /// Samples used (None for statistics files, which do not record it).
     pub count: Option<usize>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
 }
 
@@ -163,7 +165,7 @@ impl LoadedSet {
         Ok(Self {
             provenance: SetProvenance {
                 path: arg.to_string(),
-                kind: kind.name(),
+                kind: kind.name().into(),
                 content_hash,
                 count,
                 skipped,

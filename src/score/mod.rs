@@ -439,7 +439,7 @@ fn per_image(
     images.sort_by(|x, y| x.witness.total_cmp(&y.witness));
     images.truncate(top);
     Ok(PerImage {
-        ranked_by: "witness (ascending: most out of domain first)",
+        ranked_by: "witness (ascending: most out of domain first)".into(),
         sigma,
         k,
         images,

@@ -2,14 +2,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
 use crate::features::{Extractor, Manifest};
 use crate::metrics::BootstrapParams;
 
 /// One score: values, both inputs' provenance, the extractor and every parameter (DESIGN §1).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub source: SetProvenance,
     pub target: SetProvenance,
@@ -27,9 +29,9 @@ pub struct Report {
 }
 
 /// The most out-of-domain source images.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PerImage {
-    pub ranked_by: &'static str,
+    pub ranked_by: Cow<'static, str>,
     /// RBF bandwidth of the witness.
     pub sigma: f64,
     /// k of the k-NN distance.
@@ -37,7 +39,7 @@ pub struct PerImage {
     pub images: Vec<ImageScore>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageScore {
     pub path: String,
     pub index: usize,
@@ -48,7 +50,7 @@ pub struct ImageScore {
 }
 
 /// A pairwise table between several sets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MatrixReport {
     pub sets: Vec<SetProvenance>,
     pub extractor: Option<ExtractorInfo>,
@@ -59,12 +61,12 @@ pub struct MatrixReport {
     pub software: Software,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExtractorInfo {
     pub id: String,
     pub sha256: String,
     pub trained: bool,
-    pub resize: &'static str,
+    pub resize: Cow<'static, str>,
     pub input_size: [usize; 2],
     pub features: String,
     pub dim: usize,
@@ -84,7 +86,7 @@ impl ExtractorInfo {
             id: m.id.clone(),
             sha256: m.sha256.clone(),
             trained: m.trained,
-            resize: m.resize.as_str(),
+            resize: m.resize.as_str().into(),
             input_size: [h, w],
             features: m.feature_output().to_string(),
             dim,
@@ -94,19 +96,19 @@ impl ExtractorInfo {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Software {
-    pub name: &'static str,
-    pub version: &'static str,
-    pub libtorch: &'static str,
+    pub name: Cow<'static, str>,
+    pub version: Cow<'static, str>,
+    pub libtorch: Cow<'static, str>,
 }
 
 impl Software {
     pub fn current() -> Self {
         Self {
-            name: env!("CARGO_PKG_NAME"),
-            version: env!("CARGO_PKG_VERSION"),
-            libtorch: "2.11.0",
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            libtorch: "2.11.0".into(),
         }
     }
 }

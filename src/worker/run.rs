@@ -238,7 +238,7 @@ fn snapshots(ctx: &JobContext, spec: &JobSpec) -> Result<Vec<Snapshot>, JobError
 fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> SetProvenance {
     SetProvenance {
         path: format!("/v1/datasets/{}", snap.id),
-        kind: "dataset",
+        kind: "dataset".into(),
         content_hash: snap.content_hash.clone().unwrap_or_default(),
         count,
         skipped,

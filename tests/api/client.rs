@@ -1,0 +1,162 @@
+//! `gapmeter client` against a running service: the README walkthrough without curl.
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::helpers::{root, spawn_jobs, TestApp};
+
+/// Runs `gapmeter client ...` without blocking the test's runtime (the service runs on it).
+async fn client(app: &TestApp, key: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+        .arg("client")
+        .args(["--url", &app.base, "--key", key])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[sqlx::test]
+async fn the_client_uploads_folders_scores_and_prints_what_the_cli_prints(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    for (name, dir) in [("A", "examples/A"), ("B", "examples/B")] {
+        let (ok, out, err) = client(&app, &key, &["upload", name, dir]).await;
+        assert!(ok, "{err}");
+        assert!(uuid::Uuid::parse_str(out.trim()).is_ok(), "{out}");
+        assert!(err.contains("24 accepted"), "{err}");
+    }
+    let (ok, out, _) = client(&app, &key, &["datasets"]).await;
+    assert!(ok && out.contains(" A ") && out.contains(" B "), "{out}");
+
+    // JSON: the same document as `gapmeter score --format json` on the folders.
+    let (ok, out, err) = client(
+        &app,
+        &key,
+        &[
+            "score",
+            "A",
+            "B",
+            "-x",
+            "tiny-cnn",
+            "--metrics",
+            "fid,kid",
+            "--format",
+            "json",
+            "--no-progress",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let remote: Value = serde_json::from_str(&out).unwrap();
+    let local: Value = serde_json::from_str(&cli(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid,kid",
+        "--format",
+        "json",
+        "--no-progress",
+    ]))
+    .unwrap();
+    assert_eq!(remote["metrics"], local["metrics"]);
+    assert_eq!(remote["warnings"], local["warnings"]);
+    assert_eq!(
+        remote["source"]["content_hash"],
+        local["source"]["content_hash"]
+    );
+
+    // Table: the same table below the provenance lines (which name datasets, not folders).
+    let (ok, table, err) = client(
+        &app,
+        &key,
+        &["score", "A", "B", "-x", "tiny-cnn", "--metrics", "fid,kid"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let local = cli(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid,kid",
+        "--no-progress",
+    ]);
+    let tail = |t: &str| t[t.find("\nmetric").unwrap()..].to_string();
+    assert_eq!(tail(&table), tail(&local));
+
+    let (ok, out, err) = client(
+        &app,
+        &key,
+        &[
+            "matrix",
+            "A",
+            "B",
+            "-x",
+            "tiny-cnn",
+            "--metrics",
+            "fid",
+            "--no-progress",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("[2]"), "{out}");
+    let (ok, out, _) = client(&app, &key, &["jobs", "--status", "succeeded"]).await;
+    assert!(ok);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("succeeded")).count(),
+        3,
+        "{out}"
+    );
+
+    // Errors are messages and a failing exit status.
+    let (ok, _, err) = client(&app, &key, &["score", "A", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no dataset named \"nope\""), "{err}");
+    let (ok, _, err) = client(&app, "gm_bad_key", &["datasets"]).await;
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+    let (ok, _, err) = client(
+        &app,
+        &key,
+        &[
+            "score",
+            "A",
+            "B",
+            "-x",
+            "tiny-cnn",
+            "--metrics",
+            "kid",
+            "--parameters",
+            "{\"kid\": {\"subsets\": 0}}",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("subsets"), "{err}");
+}
