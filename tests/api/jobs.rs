@@ -642,6 +642,21 @@ async fn two_worker_processes_complete_fifty_jobs_once_each(pool: PgPool) {
     .await;
     let _w1 = worker_process(&app, &[]);
     let _w2 = worker_process(&app, &[]);
+    // Both workers listening before the jobs arrive, so both get a share.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (listening,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%gapmeter_jobs%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if listening >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut ids = Vec::new();
     for seed in 0..50 {
         // Distinct seeds: 50 distinct results, none answered from the result cache.
