@@ -96,7 +96,10 @@ CREATE TABLE stats_cache (
 CREATE TABLE result_cache (
     scope       uuid NOT NULL,
     key         text NOT NULL,
+    -- The datasets it scores: deleting one deletes its results.
+    datasets    uuid[] NOT NULL,
     result      jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, key)
 );
+CREATE INDEX result_cache_datasets ON result_cache USING gin (datasets);

@@ -37,7 +37,7 @@ team=$(target/debug/gapmeter admin create-team schemathesis)
 # One key for every operation: a team key with the admin scope reaches both the team's datasets
 # and the admin routes.
 key=$(target/debug/gapmeter admin create-key --team "$team" --scopes read,write,admin)
-target/debug/gapmeter serve --models-dir "$work/models" > "$work/server.log" 2>&1 &
+target/debug/gapmeter serve --models-dir "${GAPMETER_MODELS_DIR:-$cache/models}" > "$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \

@@ -62,6 +62,21 @@ fn registry(state: &AppState) -> Registry {
     Registry::new(state.models_dir.clone())
 }
 
+/// The `Idempotency-Key` request header (for the OpenAPI description).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyHeader {
+    /// Retry-safe submission: the same key with the same body returns the same job (header
+    /// `Idempotent-Replayed: true`); with another body, 422. Keys are per team.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = "^[!-~]([ -~]{0,253}[!-~])?$",
+        max_length = 255
+    )]
+    idempotency_key: Option<String>,
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
@@ -70,7 +85,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..0x7f).contains(&b)))
         .ok_or_else(|| {
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
@@ -80,7 +95,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `POST /v1/jobs`: score `source` against `target`. Answered 202 with the job; a request whose
 /// result is cached is created already `succeeded`.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = ScoreRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe submission: the same key with the same body returns the same job; with another body, 422.")),
+    params(IdempotencyHeader),
     responses((status = 202, body = Job, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
@@ -98,7 +113,7 @@ pub async fn create(
 
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
 #[utoipa::path(post, path = "/v1/matrix", tag = "jobs", request_body = MatrixRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe submission, as for POST /v1/jobs.")),
+    params(IdempotencyHeader),
     responses((status = 202, body = Job, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create_matrix(

@@ -92,7 +92,7 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
         crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
         jobs::JobPage, jobs::ExtractorSummary, crate::store::Job, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
         crate::worker::ScoreRequest, crate::worker::MatrixRequest, crate::worker::Parameters, crate::worker::spec::KidOptions, crate::worker::spec::IsOptions,
-        crate::worker::spec::MmdOptions, crate::worker::spec::PrdcOptions, crate::worker::spec::Bootstrap, crate::score::MetricName,
+        crate::worker::spec::MmdOptions, crate::worker::spec::PrdcOptions, crate::worker::spec::Bootstrap, crate::worker::spec::SymmetricMetric, crate::score::MetricName,
     )),
     modifiers(&BearerAuth),
     tags((name = "datasets"), (name = "jobs"), (name = "admin"), (name = "operations")),

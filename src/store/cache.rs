@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::TeamId;
+use super::{DatasetId, TeamId};
 use crate::metrics::FeatureStats;
 
 /// Whose cache entries a job may read and write.
@@ -206,19 +206,51 @@ pub async fn cached_result(
     Ok(row.map(|r| r.0))
 }
 
+/// Caches a finished result of a job over `datasets`.
 pub async fn store_result(
     pool: &PgPool,
     scope: CacheScope,
     key: &str,
+    datasets: &[DatasetId],
     result: &Value,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO result_cache (scope, key, result) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        "INSERT INTO result_cache (scope, key, datasets, result) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(scope.0)
     .bind(key)
+    .bind(datasets)
     .bind(result)
     .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets what was derived from a deleted dataset of `team`: its results, and the features of
+/// its images that no remaining dataset of the team (for shared entries: of anyone) holds.
+/// `images` are the deleted dataset's image hashes; runs in the deletion's transaction.
+pub(super) async fn forget_dataset(
+    conn: &mut sqlx::PgConnection,
+    team: TeamId,
+    dataset: DatasetId,
+    images: &[Vec<u8>],
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM result_cache WHERE datasets @> ARRAY[$1::uuid]")
+        .bind(dataset)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "DELETE FROM feature_cache f WHERE f.image_hash = ANY($2) AND (
+             (f.scope = $1 AND NOT EXISTS (
+                 SELECT 1 FROM dataset_images di JOIN datasets d ON d.id = di.dataset_id
+                 WHERE di.image_hash = f.image_hash AND d.team_id = $1))
+             OR (f.scope = $3 AND NOT EXISTS (
+                 SELECT 1 FROM dataset_images di WHERE di.image_hash = f.image_hash)))",
+    )
+    .bind(team.0)
+    .bind(images)
+    .bind(CacheScope::shared().0)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

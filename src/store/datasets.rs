@@ -362,6 +362,11 @@ pub async fn delete_dataset(
 ) -> anyhow::Result<bool> {
     let hashes: Vec<(Vec<u8>,)> = {
         let mut tx = pool.begin().await?;
+        let images: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT image_hash FROM dataset_images WHERE dataset_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
         let deleted = sqlx::query("DELETE FROM datasets WHERE id = $1 AND team_id = $2")
             .bind(id)
             .bind(team)
@@ -370,6 +375,8 @@ pub async fn delete_dataset(
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
+        let images: Vec<Vec<u8>> = images.into_iter().map(|r| r.0).collect();
+        super::cache::forget_dataset(&mut tx, team, id, &images).await?;
         // The dataset's links went with it (ON DELETE CASCADE); find images now unreferenced.
         let orphans = sqlx::query_as(
             "SELECT i.hash FROM images i WHERE NOT EXISTS (SELECT 1 FROM dataset_images d WHERE d.image_hash = i.hash)",

@@ -181,10 +181,13 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     }
     .map_err(fatal)?;
     ctx.progress("metrics", 1, 1)?;
-    if let Err(e) = ctx
-        .runtime
-        .block_on(store::store_result(&ctx.pool, scope, &key, &value))
-    {
+    if let Err(e) = ctx.runtime.block_on(store::store_result(
+        &ctx.pool,
+        scope,
+        &key,
+        &spec.datasets,
+        &value,
+    )) {
         tracing::warn!(error = %e, "could not cache the result");
     }
     Ok(value)

@@ -54,10 +54,22 @@ pub struct MatrixRequest {
     pub extractor: Option<String>,
     /// Symmetric metrics only (not `is`, `prdc`); default `["fid", "kid"]`.
     #[serde(default)]
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Option<Vec<SymmetricMetric>>)]
     pub metrics: Option<Vec<MetricName>>,
     #[serde(default)]
     pub parameters: Parameters,
+}
+
+/// The metrics a gap matrix accepts (documentation of [`MatrixRequest::metrics`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SymmetricMetric {
+    Fid,
+    Kid,
+    Mmd,
+    Cmmd,
+    Style,
 }
 
 /// Metric parameters; every field is optional and defaults to torch-fidelity's choice (as the

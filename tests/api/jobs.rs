@@ -877,3 +877,40 @@ async fn a_worker_stopped_with_sigterm_puts_its_job_back_without_using_an_attemp
     );
     assert!(!events.iter().any(|(k, _)| k == "lease_expired"));
 }
+
+#[sqlx::test]
+async fn deleting_a_dataset_forgets_its_results_and_the_features_only_it_held(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", folder(&root().join("examples/A"))).await;
+    let b = dataset_from(&app, &key, "B", folder(&root().join("examples/B"))).await;
+    let request = json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["kid"]});
+    let job = submit(&app, &key, &request).await;
+    let (_, first) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(first["work"]["images_extracted"], 48);
+
+    assert_eq!(
+        app.delete(&format!("/v1/datasets/{b}"), &key)
+            .await
+            .status(),
+        204
+    );
+    let (cached,): (i64,) = sqlx::query_as("SELECT count(*) FROM result_cache")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(cached, 0, "the result over the deleted dataset is gone");
+    // The same images again, in a new dataset: B's features were forgotten, A's kept.
+    let b2 = dataset_from(&app, &key, "B again", folder(&root().join("examples/B"))).await;
+    let job = submit(
+        &app,
+        &key,
+        &json!({"source": a, "target": b2, "extractor": "tiny-cnn", "metrics": ["kid"]}),
+    )
+    .await;
+    let (_, second) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(second["work"]["images_extracted"], 24);
+    assert_eq!(second["work"]["feature_cache_hits"], 24);
+    assert_eq!(second["result"]["metrics"], first["result"]["metrics"]);
+}
