@@ -92,6 +92,22 @@ CREATE TABLE stats_cache (
     PRIMARY KEY (scope, extractor, tap, content_hash)
 );
 
+-- The latest statistics of each dataset with the images they cover (sorted 32-byte hashes,
+-- concatenated): when images are added, only the new ones are read or extracted and merged in.
+CREATE TABLE stats_checkpoints (
+    scope       uuid NOT NULL,
+    dataset_id  uuid NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+    extractor   text NOT NULL,
+    tap         text NOT NULL,
+    images      bytea NOT NULL,
+    n           bigint NOT NULL,
+    dim         integer NOT NULL,
+    mean        bytea NOT NULL,
+    scatter     bytea NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, dataset_id, extractor, tap)
+);
+
 -- Finished results by request: datasets (id and content), extractor, metrics and parameters.
 CREATE TABLE result_cache (
     scope       uuid NOT NULL,

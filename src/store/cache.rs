@@ -192,6 +192,101 @@ pub async fn store_stats(
     Ok(())
 }
 
+/// images, n, dim, mean, scatter.
+type CheckpointRow = (Vec<u8>, i64, i32, Vec<u8>, Vec<u8>);
+
+/// A dataset's statistics and the (sorted) images they cover.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub images: Vec<[u8; 32]>,
+    pub stats: FeatureStats,
+}
+
+impl Checkpoint {
+    /// The images of `current` (sorted) this checkpoint lacks, or `None` when it covers an image
+    /// `current` no longer has (it cannot be extended, only recomputed).
+    pub fn missing_from(&self, current: &[[u8; 32]]) -> Option<Vec<[u8; 32]>> {
+        let mut missing = Vec::new();
+        let mut mine = self.images.iter().peekable();
+        for h in current {
+            match mine.peek() {
+                Some(m) if *m == h => {
+                    mine.next();
+                }
+                Some(m) if *m < h => return None,
+                _ => missing.push(*h),
+            }
+        }
+        mine.next().is_none().then_some(missing)
+    }
+}
+
+pub async fn stats_checkpoint(
+    pool: &PgPool,
+    scope: CacheScope,
+    dataset: DatasetId,
+    extractor: &str,
+    tap: &str,
+) -> anyhow::Result<Option<Checkpoint>> {
+    let row: Option<CheckpointRow> = sqlx::query_as(
+        "SELECT images, n, dim, mean, scatter FROM stats_checkpoints
+         WHERE scope = $1 AND dataset_id = $2 AND extractor = $3 AND tap = $4",
+    )
+    .bind(scope.0)
+    .bind(dataset)
+    .bind(extractor)
+    .bind(tap)
+    .fetch_optional(pool)
+    .await?;
+    let Some((images, n, dim, mean, scatter)) = row else {
+        return Ok(None);
+    };
+    let images = images
+        .chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .collect();
+    let stats = FeatureStats::from_parts(
+        n as u64,
+        dim as usize,
+        decode(&mean, Dtype::F64),
+        decode(&scatter, Dtype::F64),
+    )?;
+    Ok(Some(Checkpoint { images, stats }))
+}
+
+/// Records `stats` as covering exactly `images` (sorted) of the dataset.
+pub async fn store_checkpoint(
+    pool: &PgPool,
+    scope: CacheScope,
+    dataset: DatasetId,
+    extractor: &str,
+    tap: &str,
+    images: &[[u8; 32]],
+    stats: &FeatureStats,
+) -> sqlx::Result<()> {
+    let packed: Vec<u8> = images.iter().flatten().copied().collect();
+    sqlx::query(
+        "INSERT INTO stats_checkpoints (scope, dataset_id, extractor, tap, images, n, dim, mean, scatter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (scope, dataset_id, extractor, tap) DO UPDATE SET
+             images = excluded.images, n = excluded.n, dim = excluded.dim, mean = excluded.mean,
+             scatter = excluded.scatter, updated_at = now()
+         WHERE stats_checkpoints.n <= excluded.n",
+    )
+    .bind(scope.0)
+    .bind(dataset)
+    .bind(extractor)
+    .bind(tap)
+    .bind(packed)
+    .bind(stats.n() as i64)
+    .bind(stats.dim() as i32)
+    .bind(encode(stats.mean(), Dtype::F64))
+    .bind(encode(stats.scatter(), Dtype::F64))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn cached_result(
     pool: &PgPool,
     scope: CacheScope,
@@ -258,6 +353,22 @@ pub(super) async fn forget_dataset(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_extends_only_to_supersets() {
+        let h = |b: u8| [b; 32];
+        let cp = Checkpoint {
+            images: vec![h(2), h(5)],
+            stats: FeatureStats::empty(1),
+        };
+        assert_eq!(
+            cp.missing_from(&[h(1), h(2), h(5), h(9)]),
+            Some(vec![h(1), h(9)])
+        );
+        assert_eq!(cp.missing_from(&[h(2), h(5)]), Some(vec![]));
+        assert_eq!(cp.missing_from(&[h(2), h(9)]), None, "5 was removed");
+        assert_eq!(cp.missing_from(&[h(1), h(2)]), None, "5 was removed (last)");
+    }
 
     #[test]
     fn rows_round_trip_exactly_in_their_dtype() {

@@ -10,8 +10,8 @@ mod keys;
 
 pub use blobs::Blobs;
 pub use cache::{
-    cached_result, cached_rows, cached_stats, store_result, store_rows, store_stats, CacheScope,
-    Dtype,
+    cached_result, cached_rows, cached_stats, stats_checkpoint, store_checkpoint, store_result,
+    store_rows, store_stats, CacheScope, Checkpoint, Dtype,
 };
 pub use datasets::{
     add_image, create_dataset, dataset_snapshot, delete_dataset, get_dataset, list_dataset_images,

@@ -32,6 +32,8 @@ pub struct Work {
     pub result_cache_hit: bool,
     /// Datasets whose statistics came from the statistics cache.
     pub statistics_cache_hits: u64,
+    /// Datasets whose statistics were their cached checkpoint merged with the images added since.
+    pub statistics_merged: u64,
     /// Images whose outputs came from the feature cache.
     pub feature_cache_hits: u64,
     /// Images run through the model.
@@ -142,7 +144,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     let from_stats = if spec.needs_features() {
         None
     } else {
-        cached_statistics(ctx, &snaps, &extractor_key, &feature_tap, &roles, work)?
+        statistics_route(ctx, &manifest, &snaps, &roles, work)?
     };
     let sets = match from_stats {
         Some(sets) => sets,
@@ -248,50 +250,167 @@ fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> S
     }
 }
 
-/// FID from cached dataset statistics, when every dataset has them and each has more samples
-/// than dimensions (where `gapmeter score` takes the same route from its features, so the value
-/// is identical). `None`: go through per-image features.
-fn cached_statistics(
+/// How one dataset's statistics are obtained on the statistics route.
+enum StatsPlan {
+    /// The statistics cache has this content's statistics.
+    Cached(FeatureStats),
+    /// The dataset's checkpoint covers all but the images of this partial snapshot: read or
+    /// extract only those, and merge.
+    Extend(FeatureStats, Snapshot),
+}
+
+fn sorted_hashes(snap: &Snapshot) -> Vec<[u8; 32]> {
+    let mut h: Vec<[u8; 32]> = snap.images.iter().map(|(h, _)| *h).collect();
+    h.sort();
+    h
+}
+
+/// FID from dataset statistics: cached for this content, or the dataset's checkpoint extended by
+/// only the images added since (Chan's merge). Used when each set has more samples than
+/// dimensions, where `gapmeter score` takes the same (statistics) route. `None`: go through every
+/// image's features instead.
+fn statistics_route(
     ctx: &JobContext,
+    manifest: &Manifest,
     snaps: &[Snapshot],
-    extractor_key: &str,
-    tap: &str,
     roles: &[String],
     work: &mut Work,
 ) -> Result<Option<Vec<LoadedSet>>, JobError> {
-    let mut sets = Vec::with_capacity(snaps.len());
-    for (snap, role) in snaps.iter().zip(roles) {
+    let key = manifest.cache_key();
+    let tap = manifest.feature_output();
+    let scope = ctx.scope();
+    let mut plans = Vec::with_capacity(snaps.len());
+    for snap in snaps {
         let hash = snap.content_hash.as_deref().unwrap_or("");
-        let stats = ctx
+        let cached = ctx
             .runtime
-            .block_on(store::cached_stats(
-                &ctx.pool,
-                ctx.scope(),
-                extractor_key,
-                tap,
-                hash,
+            .block_on(store::cached_stats(&ctx.pool, scope, &key, tap, hash))
+            .map_err(retry)?;
+        if let Some(stats) = cached.filter(|s| s.n() as usize > s.dim()) {
+            plans.push(StatsPlan::Cached(stats));
+            continue;
+        }
+        let checkpoint = ctx
+            .runtime
+            .block_on(store::stats_checkpoint(
+                &ctx.pool, scope, snap.id, &key, tap,
             ))
             .map_err(retry)?;
-        let Some(stats) = stats.filter(|s| s.n() as usize > s.dim()) else {
+        let Some(cp) = checkpoint else {
             return Ok(None);
         };
+        let Some(missing) = cp.missing_from(&sorted_hashes(snap)) else {
+            return Ok(None);
+        };
+        if cp.stats.n() as usize + missing.len() <= cp.stats.dim() {
+            return Ok(None);
+        }
+        let missing: HashSet<[u8; 32]> = missing.into_iter().collect();
+        let partial = Snapshot {
+            images: snap
+                .images
+                .iter()
+                .filter(|(h, _)| missing.contains(h))
+                .cloned()
+                .collect(),
+            ..snap.clone()
+        };
+        plans.push(StatsPlan::Extend(cp.stats, partial));
+    }
+    let partials: Vec<Snapshot> = plans
+        .iter()
+        .filter_map(|p| match p {
+            StatsPlan::Extend(_, partial) if !partial.images.is_empty() => Some(partial.clone()),
+            _ => None,
+        })
+        .collect();
+    let gathered = if partials.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        gather(ctx, manifest, &partials, false, false, work)?
+    };
+    let (rows, skipped_reasons) = &gathered;
+    let mut sets = Vec::with_capacity(snaps.len());
+    for ((snap, role), plan) in snaps.iter().zip(roles).zip(plans) {
+        let (stats, skipped) = match plan {
+            StatsPlan::Cached(stats) => {
+                work.statistics_cache_hits += 1;
+                (stats, Vec::new())
+            }
+            StatsPlan::Extend(base, partial) => {
+                let mut data = Vec::new();
+                let mut skipped = Vec::new();
+                for (hash, name) in &partial.images {
+                    match rows.get(hash) {
+                        Some(r) => data.extend_from_slice(&r.feature),
+                        None => skipped.push(Skipped {
+                            path: name.clone(),
+                            reason: skipped_reasons
+                                .get(hash)
+                                .cloned()
+                                .unwrap_or_else(|| "no features (not extracted)".into()),
+                        }),
+                    }
+                }
+                let added = partial.images.len() - skipped.len();
+                let new = Features::from_shape_vec((added, base.dim()), data).map_err(fatal)?;
+                let stats = base
+                    .merge(&FeatureStats::from_features(new.view()).map_err(fatal)?)
+                    .map_err(fatal)?;
+                work.statistics_merged += 1;
+                if skipped.is_empty() {
+                    remember(ctx, snap, &key, tap, &stats);
+                }
+                (stats, skipped)
+            }
+        };
+        if stats.n() as usize <= stats.dim() {
+            return Ok(None);
+        }
         let n = stats.n() as usize;
+        let warnings = skipped
+            .iter()
+            .map(|s| format!("{role}: skipped {}: {}", s.path, s.reason))
+            .collect();
         sets.push(LoadedSet {
-            provenance: provenance(snap, Some(n), Vec::new()),
+            provenance: provenance(snap, Some(n), skipped),
             data: SetData {
                 gaussian: Some(stats.gaussian()),
                 ..SetData::default()
             },
             labels: Vec::new(),
-            warnings: Vec::new(),
+            warnings,
         });
-        tracing::debug!(role, "statistics from the cache");
     }
-    work.statistics_cache_hits = sets.len() as u64;
     Ok(Some(sets))
 }
 
-/// Stores a dataset's statistics for later FID-only jobs (best effort).
+/// Stores a dataset's statistics by content and as its checkpoint (best effort: a failure only
+/// costs a later job the work again).
+fn remember(ctx: &JobContext, snap: &Snapshot, key: &str, tap: &str, stats: &FeatureStats) {
+    let Some(hash) = &snap.content_hash else {
+        return;
+    };
+    let scope = ctx.scope();
+    let stored = ctx.runtime.block_on(async {
+        store::store_stats(&ctx.pool, scope, key, tap, hash, stats).await?;
+        store::store_checkpoint(
+            &ctx.pool,
+            scope,
+            snap.id,
+            key,
+            tap,
+            &sorted_hashes(snap),
+            stats,
+        )
+        .await
+    });
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "could not cache dataset statistics");
+    }
+}
+
+/// Stores the statistics of a fully read dataset for later FID-only jobs.
 fn remember_statistics(
     ctx: &JobContext,
     snap: &Snapshot,
@@ -299,32 +418,16 @@ fn remember_statistics(
     tap: &str,
     set: &LoadedSet,
 ) {
-    let (Some(features), Some(hash)) = (&set.data.features, &snap.content_hash) else {
+    let Some(features) = &set.data.features else {
         return;
     };
     // Only complete datasets: statistics of a set with skipped images would not be its content's.
     if !set.provenance.skipped.is_empty() {
         return;
     }
-    let stored = FeatureStats::from_features(features.view())
-        .map_err(anyhow::Error::from)
-        .and_then(|stats| {
-            ctx.runtime
-                .block_on(store::store_stats(
-                    &ctx.pool,
-                    ctx.scope(),
-                    extractor_key,
-                    tap,
-                    hash,
-                    &stats,
-                ))
-                .map_err(anyhow::Error::from)
-        });
-    if let Err(e) = stored {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "could not cache dataset statistics"
-        );
+    match FeatureStats::from_features(features.view()) {
+        Ok(stats) => remember(ctx, snap, extractor_key, tap, &stats),
+        Err(e) => tracing::warn!(error = %e, "could not compute dataset statistics"),
     }
 }
 
