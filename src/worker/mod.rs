@@ -325,3 +325,20 @@ async fn keep_alive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_attempt_up_to_the_cap() {
+        let config = Config::from_overrides([
+            ("GAPMETER_QUEUE__BACKOFF_BASE_MS", "1000"),
+            ("GAPMETER_QUEUE__BACKOFF_MAX_MS", "5000"),
+        ])
+        .unwrap();
+        let o = WorkerOptions::from_config(&config).unwrap();
+        let secs: Vec<u64> = (1..=5).map(|a| o.backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 5, 5]);
+    }
+}

@@ -448,3 +448,91 @@ fn resolve_extractor_id(requested: Option<&str>, registry: &Registry) -> Result<
 pub fn has_output(manifest: &Manifest, name: &str) -> bool {
     manifest.outputs.iter().any(|o| o == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.toml"),
+            format!(
+                "id = \"m\"\nfile = \"m.pt\"\nsha256 = \"{}\"\ninput_size = 8\noutputs = [\"pool\"]\n",
+                "0".repeat(64)
+            ),
+        )
+        .unwrap();
+        let reg = Registry::new(dir.path());
+        (dir, reg)
+    }
+
+    fn request(json: serde_json::Value) -> ScoreRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn explicit_defaults_are_the_same_request_and_any_change_is_another() {
+        let (_dir, reg) = registry();
+        let (a, b) = (DatasetId::new(), DatasetId::new());
+        let plain = JobSpec::score(
+            request(serde_json::json!({"source": a, "target": b, "extractor": "m"})),
+            &reg,
+        )
+        .unwrap();
+        let explicit = JobSpec::score(
+            request(serde_json::json!({"source": a, "target": b, "extractor": "m", "metrics": ["fid", "kid"],
+                "parameters": {"seed": 2020, "kid": {"subsets": 100}}})),
+            &reg,
+        )
+        .unwrap();
+        assert_eq!(plain, explicit);
+        assert_eq!(plain.request_hash(), explicit.request_hash());
+        let swapped = JobSpec::score(
+            request(serde_json::json!({"source": b, "target": a, "extractor": "m"})),
+            &reg,
+        )
+        .unwrap();
+        assert_ne!(plain.request_hash(), swapped.request_hash());
+        // The result key also follows the content and the extractor.
+        let k = plain.result_key(&["blake3:1", "blake3:2"], "m@1");
+        assert_ne!(k, plain.result_key(&["blake3:1", "blake3:3"], "m@1"));
+        assert_ne!(k, plain.result_key(&["blake3:1", "blake3:2"], "m@2"));
+        assert_eq!(k, explicit.result_key(&["blake3:1", "blake3:2"], "m@1"));
+    }
+
+    #[test]
+    fn invalid_requests_say_what_is_wrong() {
+        let (_dir, reg) = registry();
+        let (a, b) = (DatasetId::new(), DatasetId::new());
+        let err =
+            |json: serde_json::Value| JobSpec::score(request(json), &reg).unwrap_err().to_string();
+        assert!(
+            err(serde_json::json!({"source": a, "target": b, "extractor": "../m"}))
+                .contains("not an extractor id")
+        );
+        assert!(
+            err(serde_json::json!({"source": a, "target": b, "extractor": "zz"}))
+                .contains("no extractor")
+        );
+        assert!(
+            err(serde_json::json!({"source": a, "target": b, "extractor": "m", "top_k": 0}))
+                .contains("top_k")
+        );
+        assert!(err(serde_json::json!({"source": a, "target": b, "extractor": "m", "parameters": {"kid": {"gamma": 0.0}}})).contains("gamma"));
+        let dup = JobSpec::matrix(
+            serde_json::from_value(serde_json::json!({"datasets": [a, a], "extractor": "m"}))
+                .unwrap(),
+            &reg,
+        );
+        assert!(dup.unwrap_err().to_string().contains("twice"));
+        let asym = JobSpec::matrix(
+            serde_json::from_value(
+                serde_json::json!({"datasets": [a, b], "extractor": "m", "metrics": ["prdc"]}),
+            )
+            .unwrap(),
+            &reg,
+        );
+        assert!(asym.unwrap_err().to_string().contains("not symmetric"));
+    }
+}
