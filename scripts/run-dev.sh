@@ -49,6 +49,13 @@ cat <<MSG
 gapmeter: http://127.0.0.1:8080  (database $(echo "$DATABASE_URL" | sed 's#//[^@]*@#//#'))
 admin key: .data/admin-key    demo team key: .data/demo-key
 
+In another terminal (an in-process worker runs the jobs):
+  export GAPMETER_URL=http://127.0.0.1:8080 GAPMETER_KEY=$key
+  $bin client upload synthetic examples/A
+  $bin client upload real examples/B
+  $bin client score synthetic real --metrics fid,kid,prdc --top 5
+
+or with curl:
   curl -s -X POST http://127.0.0.1:8080/v1/datasets -H "Authorization: Bearer $key" \\
        -H 'Content-Type: application/json' -d '{"name": "examples-a"}'
   curl -s -X POST http://127.0.0.1:8080/v1/datasets/<ID>/images -H "Authorization: Bearer $key" \\
