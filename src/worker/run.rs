@@ -243,7 +243,8 @@ fn snapshots(ctx: &JobContext, spec: &JobSpec) -> Result<Vec<Snapshot>, JobError
 fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> SetProvenance {
     SetProvenance {
         path: format!("/v1/datasets/{}", snap.id),
-        kind: "dataset".into(),
+        // What was scored, as for an image folder; `path` names the dataset.
+        kind: "images".into(),
         content_hash: snap.content_hash.clone().unwrap_or_default(),
         count,
         skipped,

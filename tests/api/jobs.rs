@@ -189,6 +189,11 @@ async fn a_job_scores_like_the_cli_then_answers_from_cache_and_extracts_only_new
     );
     assert_eq!(cli["extractor"]["sha256"], result["extractor"]["sha256"]);
     assert_eq!(cli["parameters"], result["parameters"]);
+    for side in ["source", "target"] {
+        for field in ["kind", "count", "content_hash"] {
+            assert_eq!(cli[side][field], result[side][field], "{side}.{field}");
+        }
+    }
     assert_eq!(cli["warnings"], result["warnings"]);
     let (ci, ji) = (
         cli["per_image"]["images"].as_array().unwrap(),
