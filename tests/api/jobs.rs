@@ -606,6 +606,15 @@ impl Drop for WorkerProcess {
 }
 
 fn worker_process(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProcess {
+    worker_process_logging(app, extra, None)
+}
+
+/// A `gapmeter worker` process on the test's database and blobs; its log goes to `log` if given.
+fn worker_process_logging(
+    app: &TestApp,
+    extra: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> WorkerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gapmeter"));
     cmd.arg("worker")
         .env("DATABASE_URL", app.database_url())
@@ -616,7 +625,10 @@ fn worker_process(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProcess {
         )
         .env("GAPMETER_LOG", "gapmeter=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        });
     for (k, v) in super::helpers::FAST_QUEUE.iter().chain(extra) {
         cmd.env(k, v);
     }
@@ -979,4 +991,59 @@ async fn deleting_a_dataset_forgets_its_results_and_the_features_only_it_held(po
     assert_eq!(second["work"]["images_extracted"], 24);
     assert_eq!(second["work"]["feature_cache_hits"], 24);
     assert_eq!(second["result"]["metrics"], first["result"]["metrics"]);
+}
+
+#[sqlx::test]
+async fn a_paused_workers_late_writes_are_refused_after_another_finished_its_job(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let (_, body) = slow_job(&app, &key, 16).await;
+    let lease = [
+        ("GAPMETER_QUEUE__LEASE_MS", "2000"),
+        ("GAPMETER_QUEUE__HEARTBEAT_MS", "300"),
+        ("GAPMETER_WORKER__BATCH_SIZE", "1"),
+    ];
+    let logs = tempfile::tempdir().unwrap();
+    let stale_log = logs.path().join("stale.log");
+    let stale = worker_process_logging(&app, &lease, Some(&stale_log));
+    let job = submit(&app, &key, &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "the first worker to extract", |j| {
+        j["progress"]["phase"] == "extracting" && j["progress"]["done"].as_i64() >= Some(2)
+    })
+    .await;
+    // A stop-the-world pause (GC, swap, a VM migration) longer than the lease.
+    let pid = stale.0.id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let _other = worker_process(&app, &lease);
+    let (_, done) = follow(&app, &key, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+    // The paused worker wakes up mid-job, still believing it holds the lease.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&stale_log).unwrap_or_default();
+        if log.contains("lease lost") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale worker never noticed: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its writes changed nothing: one success, the second worker's result, no progress after it.
+    let (events, after) = follow(&app, &key, &id).await;
+    assert_eq!(after["result"], done["result"]);
+    assert_eq!(after["finished_at"], done["finished_at"]);
+    assert_eq!(events.iter().filter(|(k, _)| k == "succeeded").count(), 1);
+    let end = events.iter().position(|(k, _)| k == "succeeded").unwrap();
+    assert_eq!(
+        end,
+        events.len() - 1,
+        "nothing was recorded after the end: {events:?}"
+    );
 }
