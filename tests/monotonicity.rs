@@ -93,6 +93,7 @@ fn options() -> ScoreOptions {
         bootstrap: None,
         infinity_points: None,
         top: None,
+        interrupt: None,
     }
 }
 

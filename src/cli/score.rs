@@ -158,6 +158,7 @@ impl CommonArgs {
             bootstrap: None,
             infinity_points: None,
             top: None,
+            interrupt: None,
         }
     }
 }

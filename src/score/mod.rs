@@ -9,6 +9,8 @@ mod input;
 mod report;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
@@ -43,6 +45,22 @@ pub struct ScoreOptions {
     pub infinity_points: Option<usize>,
     /// List the K most out-of-domain source images.
     pub top: Option<usize>,
+    /// Raised to stop between metrics and between resamples (the service's cancel); `None` in
+    /// the CLI.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl ScoreOptions {
+    fn check_interrupt(&self) -> anyhow::Result<()> {
+        if self
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
 }
 
 /// Trained FID Inception if exported, else its untrained test twin (with a warning in the result).
@@ -82,6 +100,7 @@ pub fn score_sets(
     let p = &opts.params;
     let mut values: BTreeMap<String, MetricValue> = BTreeMap::new();
     for &m in chosen {
+        opts.check_interrupt()?;
         for (name, v) in compute(m, &s.data, &t.data, p, &mut warnings)? {
             values.insert(name, v);
         }
@@ -89,10 +108,10 @@ pub fn score_sets(
     small_sample_warnings(chosen, s, t, opts, &mut warnings);
 
     if let Some(bp) = &opts.bootstrap {
-        add_bootstrap(chosen, s, t, p, bp, &mut values)?;
+        add_bootstrap(chosen, s, t, opts, bp, &mut values)?;
     }
     if let Some(points) = opts.infinity_points {
-        add_infinity(chosen, s, t, p, points, &mut values, &mut warnings)?;
+        add_infinity(chosen, s, t, opts, points, &mut values, &mut warnings)?;
     }
     let per_image = match opts.top {
         Some(k) => Some(per_image(s, t, p, k)?),
@@ -156,6 +175,7 @@ pub fn matrix_sets(
     for i in 0..n {
         for j in (i + 1)..n {
             for &m in chosen {
+                opts.check_interrupt()?;
                 for (name, v) in
                     compute(m, &sets[i].data, &sets[j].data, &opts.params, &mut warnings)?
                 {
@@ -336,15 +356,17 @@ fn add_bootstrap(
     chosen: &[MetricName],
     s: &LoadedSet,
     t: &LoadedSet,
-    p: &MetricParams,
+    opts: &ScoreOptions,
     bp: &BootstrapParams,
     values: &mut BTreeMap<String, MetricValue>,
 ) -> anyhow::Result<()> {
+    let p = &opts.params;
     let (Some(ns), Some(nt)) = (s.data.count(), t.data.count()) else {
         bail!("--bootstrap needs per-sample features on both sides (.npz statistics cannot be resampled)");
     };
     let mut names: Vec<String> = Vec::new();
     let intervals = metrics::bootstrap(ns, nt, bp, |si, ti| -> anyhow::Result<Vec<f64>> {
+        opts.check_interrupt()?;
         let (a, b) = (s.data.select(si)?, t.data.select(ti)?);
         let mut ignored = Vec::new();
         let mut out = Vec::new();
@@ -370,11 +392,12 @@ fn add_infinity(
     chosen: &[MetricName],
     s: &LoadedSet,
     t: &LoadedSet,
-    p: &MetricParams,
+    opts: &ScoreOptions,
     points: usize,
     values: &mut BTreeMap<String, MetricValue>,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<()> {
+    let p = &opts.params;
     let Some(ns) = s.data.count() else {
         bail!("--infinity needs per-sample source features (an .npz cannot be subsampled)");
     };
@@ -387,6 +410,7 @@ fn add_infinity(
         .filter(|m| matches!(m, MetricName::Fid | MetricName::Kid))
     {
         let fit = metrics::extrapolate(ns, &sizes, p.kid.seed, |idx| -> anyhow::Result<f64> {
+            opts.check_interrupt()?;
             let sub = s.data.select(idx)?;
             let mut ignored = Vec::new();
             Ok(compute(m, &sub, &t.data, p, &mut ignored)?[0].1.primary())

@@ -102,15 +102,28 @@ impl From<LeaseError> for JobError {
     }
 }
 
-/// Flags the heartbeat and the shutdown path set, and the running job reads between batches.
+/// Flags the heartbeat and the shutdown path set, and the running job reads between batches
+/// (and the metrics between resamples, through `any`).
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     cancel: AtomicBool,
     lost: AtomicBool,
     shutdown: AtomicBool,
+    /// Raised with any of the above.
+    any: Arc<AtomicBool>,
 }
 
 impl Control {
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Relaxed);
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag [`crate::score::ScoreOptions::interrupt`] watches.
+    pub(crate) fn interrupt(&self) -> Arc<AtomicBool> {
+        self.any.clone()
+    }
+
     /// The reason to stop now, if any.
     pub(crate) fn check(&self) -> Result<(), JobError> {
         if self.lost.load(Ordering::Relaxed) {
@@ -221,7 +234,7 @@ impl Worker {
             }
         }
         for c in &running {
-            c.shutdown.store(true, Ordering::Relaxed);
+            c.raise(&c.shutdown);
         }
         // Wait for every slot: running jobs notice the flag at their next batch.
         let _all = slots.acquire_many(this.options.concurrency as u32).await?;
@@ -313,11 +326,11 @@ async fn keep_alive(
         match store::heartbeat(&pool, lease, extend).await {
             Ok(cancel) => {
                 if cancel {
-                    control.cancel.store(true, Ordering::Relaxed);
+                    control.raise(&control.cancel);
                 }
             }
             Err(LeaseError::Lost(..)) => {
-                control.lost.store(true, Ordering::Relaxed);
+                control.raise(&control.lost);
                 return;
             }
             // Transient: the next beat may get through before the lease runs out.

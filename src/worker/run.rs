@@ -131,11 +131,12 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     }
     ctx.control.check()?;
 
-    let opts = spec.score_options(
+    let mut opts = spec.score_options(
         ctx.registry.clone(),
         ctx.models.device(),
         ctx.options.batch_size,
     );
+    opts.interrupt = Some(ctx.control.interrupt());
     let mut warnings = Vec::new();
     score::extractor_warnings(&manifest, &spec.metrics, &mut warnings);
     let feature_tap = manifest.feature_output().to_string();
@@ -172,12 +173,12 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         JobKind::Score => {
             let report =
                 score::score_sets(&sets[0], &sets[1], info, &spec.metrics, &opts, warnings)
-                    .map_err(fatal)?;
+                    .map_err(|e| stopped_or(ctx, e))?;
             serde_json::to_value(report)
         }
         JobKind::Matrix => {
-            let report =
-                score::matrix_sets(&sets, info, &spec.metrics, &opts, warnings).map_err(fatal)?;
+            let report = score::matrix_sets(&sets, info, &spec.metrics, &opts, warnings)
+                .map_err(|e| stopped_or(ctx, e))?;
             serde_json::to_value(report)
         }
     }
@@ -193,6 +194,15 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         tracing::warn!(error = %e, "could not cache the result");
     }
     Ok(value)
+}
+
+/// A metric error, unless the metrics stopped because the job was told to (cancel, lease lost,
+/// shutdown): then that reason.
+fn stopped_or(ctx: &JobContext, e: anyhow::Error) -> JobError {
+    match ctx.control.check() {
+        Err(stop) => stop,
+        Ok(()) => fatal(e),
+    }
 }
 
 fn roles(spec: &JobSpec) -> Vec<String> {

@@ -379,6 +379,7 @@ impl JobSpec {
             }),
             infinity_points: self.infinity_points,
             top: self.top_k,
+            interrupt: None,
         }
     }
 

@@ -1047,3 +1047,31 @@ async fn a_paused_workers_late_writes_are_refused_after_another_finished_its_job
         "nothing was recorded after the end: {events:?}"
     );
 }
+
+#[sqlx::test]
+async fn cancelling_stops_a_long_bootstrap_between_resamples(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", folder(&root().join("examples/A"))).await;
+    let b = dataset_from(&app, &key, "B", folder(&root().join("examples/B"))).await;
+    // Minutes of work: 10000 resamples × 1000 KID subsets.
+    let job = submit(
+        &app,
+        &key,
+        &json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["kid"],
+                "parameters": {"kid": {"subsets": 1000}}, "bootstrap": {"resamples": 10000}}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "the metrics phase", |j| {
+        j["progress"]["phase"] == "metrics"
+    })
+    .await;
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), &key).await.status(),
+        202
+    );
+    let (_, done) = follow(&app, &key, &id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["result"].is_null());
+}
