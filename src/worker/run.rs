@@ -152,10 +152,24 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         None => {
             let want_logits = spec.metrics.contains(&MetricName::Is);
             let want_style = spec.metrics.contains(&MetricName::Style);
-            let rows = gather(ctx, &manifest, &snaps, want_logits, want_style, work)?;
+            let mut rows = gather(ctx, &manifest, &snaps, want_logits, want_style, work)?;
+            // Each image's rows move into the last set that uses them (copies for the others),
+            // so the rows and the matrices are not both held in full.
+            let last_use: HashMap<[u8; 32], usize> = snaps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.images.iter().map(move |(h, _)| (*h, i)))
+                .collect();
             let mut sets = Vec::with_capacity(snaps.len());
-            for (snap, role) in snaps.iter().zip(&roles) {
-                let set = loaded_set(snap, role, &rows, want_logits, want_style)?;
+            for (i, (snap, role)) in snaps.iter().zip(&roles).enumerate() {
+                let set = loaded_set(
+                    snap,
+                    role,
+                    &mut rows,
+                    |h| last_use.get(h) == Some(&i),
+                    want_logits,
+                    want_style,
+                )?;
                 if spec.metrics.contains(&MetricName::Fid) {
                     remember_statistics(ctx, snap, &extractor_key, &feature_tap, &set);
                 }
@@ -488,15 +502,15 @@ fn gather(
         .copied()
         .collect();
     work.feature_cache_hits = (all.len() - missing.len()) as u64;
-    let (extracted, skipped) = if missing.is_empty() {
+    let (mut extracted, skipped) = if missing.is_empty() {
         (HashMap::new(), HashMap::new())
     } else {
         extract(ctx, manifest, &missing, want_logits, want_style, work)?
     };
     let mut out = HashMap::with_capacity(all.len());
     for h in all {
-        if let Some(rows) = extracted.get(&h) {
-            out.insert(h, rows.clone());
+        if let Some(rows) = extracted.remove(&h) {
+            out.insert(h, rows);
             continue;
         }
         if let Some(feature) = features.remove(&h) {
@@ -659,11 +673,13 @@ fn store_batch(
     Ok(())
 }
 
-/// A dataset's rows in snapshot order, as `gapmeter score` would have read its folder.
+/// A dataset's rows in snapshot order, as `gapmeter score` would have read its folder. Rows for
+/// which `last` holds are taken out of `gathered` (no later set needs them).
 fn loaded_set(
     snap: &Snapshot,
     role: &str,
-    (rows, skipped_reasons): &Gathered,
+    (rows, skipped_reasons): &mut Gathered,
+    last: impl Fn(&[u8; 32]) -> bool,
     want_logits: bool,
     want_style: bool,
 ) -> Result<LoadedSet, JobError> {
@@ -675,7 +691,14 @@ fn loaded_set(
     let mut style = want_style.then(|| StyleSet::new(0));
     let (mut dim, mut logit_dim) = (0, 0);
     for (hash, name) in &snap.images {
-        let Some(r) = rows.get(hash) else {
+        let taken;
+        let r = if last(hash) {
+            taken = rows.remove(hash);
+            taken.as_ref()
+        } else {
+            rows.get(hash)
+        };
+        let Some(r) = r else {
             let reason = skipped_reasons
                 .get(hash)
                 .cloned()
@@ -688,6 +711,9 @@ fn loaded_set(
             continue;
         };
         dim = r.feature.len();
+        if feature_data.is_empty() {
+            feature_data.reserve_exact(snap.images.len() * dim);
+        }
         feature_data.extend_from_slice(&r.feature);
         if want_logits {
             let l = r
