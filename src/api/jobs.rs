@@ -106,9 +106,9 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let spec = JobSpec::score(body, &registry(&state))
+    let (spec, manifest) = JobSpec::score(body, &registry(&state))
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    submit(&state, team, spec, key).await
+    submit(&state, team, spec, &manifest, key).await
 }
 
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
@@ -124,16 +124,17 @@ pub async fn create_matrix(
 ) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let spec = JobSpec::matrix(body, &registry(&state))
+    let (spec, manifest) = JobSpec::matrix(body, &registry(&state))
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    submit(&state, team, spec, key).await
+    submit(&state, team, spec, &manifest, key).await
 }
 
-#[tracing::instrument(skip(state, spec))]
+#[tracing::instrument(skip(state, spec, manifest))]
 async fn submit(
     state: &AppState,
     team: TeamId,
     spec: JobSpec,
+    manifest: &crate::features::Manifest,
     idempotency_key: Option<String>,
 ) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
     let mut contents = Vec::with_capacity(spec.datasets.len());
@@ -150,9 +151,6 @@ async fn submit(
         contents.push(ds.content_hash.unwrap_or_default());
     }
     // A request already answered for exactly this content needs no worker.
-    let manifest = registry(state)
-        .get(&spec.extractor)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let refs: Vec<&str> = contents.iter().map(String::as_str).collect();
     let result_key = spec.result_key(&refs, &manifest.cache_key());
     let scope = CacheScope::for_team(team, state.config.cache.share_across_teams);

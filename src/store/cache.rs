@@ -138,6 +138,35 @@ pub async fn store_rows(
     Ok(())
 }
 
+/// Statistics as the `n, dim, mean, scatter` columns of `stats_cache` and `stats_checkpoints`.
+fn stats_from_row(
+    n: i64,
+    dim: i32,
+    mean: &[u8],
+    scatter: &[u8],
+) -> Result<FeatureStats, crate::metrics::MetricError> {
+    FeatureStats::from_parts(
+        n as u64,
+        dim as usize,
+        decode(mean, Dtype::F64),
+        decode(scatter, Dtype::F64),
+    )
+}
+
+/// Binds statistics as the next four parameters (`n, dim, mean, scatter`).
+trait BindStats {
+    fn bind_stats(self, stats: &FeatureStats) -> Self;
+}
+
+impl BindStats for sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_stats(self, stats: &FeatureStats) -> Self {
+        self.bind(stats.n() as i64)
+            .bind(stats.dim() as i32)
+            .bind(encode(stats.mean(), Dtype::F64))
+            .bind(encode(stats.scatter(), Dtype::F64))
+    }
+}
+
 /// Cached statistics of a dataset's content.
 pub async fn cached_stats(
     pool: &PgPool,
@@ -159,12 +188,7 @@ pub async fn cached_stats(
     let Some((n, dim, mean, scatter)) = row else {
         return Ok(None);
     };
-    Ok(Some(FeatureStats::from_parts(
-        n as u64,
-        dim as usize,
-        decode(&mean, Dtype::F64),
-        decode(&scatter, Dtype::F64),
-    )?))
+    Ok(Some(stats_from_row(n, dim, &mean, &scatter)?))
 }
 
 pub async fn store_stats(
@@ -183,10 +207,7 @@ pub async fn store_stats(
     .bind(extractor)
     .bind(tap)
     .bind(content_hash)
-    .bind(stats.n() as i64)
-    .bind(stats.dim() as i32)
-    .bind(encode(stats.mean(), Dtype::F64))
-    .bind(encode(stats.scatter(), Dtype::F64))
+    .bind_stats(stats)
     .execute(pool)
     .await?;
     Ok(())
@@ -245,12 +266,7 @@ pub async fn stats_checkpoint(
         .chunks_exact(32)
         .filter_map(|c| <[u8; 32]>::try_from(c).ok())
         .collect();
-    let stats = FeatureStats::from_parts(
-        n as u64,
-        dim as usize,
-        decode(&mean, Dtype::F64),
-        decode(&scatter, Dtype::F64),
-    )?;
+    let stats = stats_from_row(n, dim, &mean, &scatter)?;
     Ok(Some(Checkpoint { images, stats }))
 }
 
@@ -278,10 +294,7 @@ pub async fn store_checkpoint(
     .bind(extractor)
     .bind(tap)
     .bind(packed)
-    .bind(stats.n() as i64)
-    .bind(stats.dim() as i32)
-    .bind(encode(stats.mean(), Dtype::F64))
-    .bind(encode(stats.scatter(), Dtype::F64))
+    .bind_stats(stats)
     .execute(pool)
     .await?;
     Ok(())

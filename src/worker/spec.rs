@@ -240,12 +240,13 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 }
 
 impl JobSpec {
-    /// Validates a score request and fills in its defaults.
-    pub fn score(req: ScoreRequest, registry: &Registry) -> Result<Self, Invalid> {
+    /// Validates a score request and fills in its defaults; also returns the extractor's manifest.
+    pub fn score(req: ScoreRequest, registry: &Registry) -> Result<(Self, Manifest), Invalid> {
+        let manifest = resolve_extractor(req.extractor.as_deref(), registry)?;
         let spec = Self {
             kind: JobKind::Score,
             datasets: vec![req.source, req.target],
-            extractor: resolve_extractor_id(req.extractor.as_deref(), registry)?,
+            extractor: manifest.id.clone(),
             metrics: resolve_metrics(req.metrics.as_deref())?,
             parameters: req.parameters,
             top_k: req.top_k,
@@ -253,11 +254,11 @@ impl JobSpec {
             infinity_points: req.infinity_points,
         };
         spec.validate()?;
-        Ok(spec)
+        Ok((spec, manifest))
     }
 
-    /// Validates a matrix request and fills in its defaults.
-    pub fn matrix(req: MatrixRequest, registry: &Registry) -> Result<Self, Invalid> {
+    /// Validates a matrix request and fills in its defaults; also returns the extractor's manifest.
+    pub fn matrix(req: MatrixRequest, registry: &Registry) -> Result<(Self, Manifest), Invalid> {
         if req.datasets.len() < 2 || req.datasets.len() > 50 {
             return Err(invalid("a gap matrix needs 2 to 50 datasets"));
         }
@@ -267,10 +268,11 @@ impl JobSpec {
         }
         let metrics = resolve_metrics(req.metrics.as_deref())?;
         score::check_symmetric(&metrics).map_err(|e| invalid(e.to_string()))?;
+        let manifest = resolve_extractor(req.extractor.as_deref(), registry)?;
         let spec = Self {
             kind: JobKind::Matrix,
             datasets: req.datasets,
-            extractor: resolve_extractor_id(req.extractor.as_deref(), registry)?,
+            extractor: manifest.id.clone(),
             metrics,
             parameters: req.parameters,
             top_k: None,
@@ -278,7 +280,7 @@ impl JobSpec {
             infinity_points: None,
         };
         spec.validate()?;
-        Ok(spec)
+        Ok((spec, manifest))
     }
 
     fn validate(&self) -> Result<(), Invalid> {
@@ -418,8 +420,9 @@ fn resolve_metrics(requested: Option<&[MetricName]>) -> Result<Vec<MetricName>, 
     score::image_metrics(requested).map_err(|e| invalid(e.to_string()))
 }
 
-/// A registered id (never a path: a request must not make the service read arbitrary files).
-fn resolve_extractor_id(requested: Option<&str>, registry: &Registry) -> Result<String, Invalid> {
+/// A registered extractor by id (never a path: a request must not make the service read
+/// arbitrary files).
+fn resolve_extractor(requested: Option<&str>, registry: &Registry) -> Result<Manifest, Invalid> {
     match requested {
         Some(id) => {
             let ok = !id.is_empty()
@@ -429,13 +432,11 @@ fn resolve_extractor_id(requested: Option<&str>, registry: &Registry) -> Result<
             if !ok {
                 return Err(invalid(format!("{id:?} is not an extractor id")));
             }
-            registry.get(id).map_err(|e| invalid(e.to_string()))?;
-            Ok(id.to_string())
+            registry.get(id).map_err(|e| invalid(e.to_string()))
         }
         None => DEFAULT_EXTRACTORS
             .iter()
-            .find(|id| registry.get(id).is_ok())
-            .map(|id| id.to_string())
+            .find_map(|id| registry.get(id).ok())
             .ok_or_else(|| {
                 invalid(format!(
                     "no default extractor is installed in {} (run `make models` or scripts/export_models.py) — name one with `extractor`",
@@ -480,20 +481,23 @@ mod tests {
             request(serde_json::json!({"source": a, "target": b, "extractor": "m"})),
             &reg,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         let explicit = JobSpec::score(
             request(serde_json::json!({"source": a, "target": b, "extractor": "m", "metrics": ["fid", "kid"],
                 "parameters": {"seed": 2020, "kid": {"subsets": 100}}})),
             &reg,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(plain, explicit);
         assert_eq!(plain.request_hash(), explicit.request_hash());
         let swapped = JobSpec::score(
             request(serde_json::json!({"source": b, "target": a, "extractor": "m"})),
             &reg,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_ne!(plain.request_hash(), swapped.request_hash());
         // The result key also follows the content and the extractor.
         let k = plain.result_key(&["blake3:1", "blake3:2"], "m@1");

@@ -2,7 +2,7 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::helpers::{root, spawn_jobs, TestApp};
+use super::helpers::{gapmeter_cli, root, spawn_jobs, TestApp};
 
 /// Runs `gapmeter client ...` without blocking the test's runtime (the service runs on it).
 async fn client(app: &TestApp, key: &str, args: &[&str]) -> (bool, String, String) {
@@ -22,17 +22,7 @@ async fn client(app: &TestApp, key: &str, args: &[&str]) -> (bool, String, Strin
 }
 
 fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    gapmeter_cli(&root(), args)
 }
 
 #[sqlx::test]

@@ -101,6 +101,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GET and parse the JSON body (whatever the status).
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        self.get(path, key).await.json().await.unwrap()
+    }
+
     pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
         self.client
             .delete(self.url(path))
@@ -175,6 +180,22 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// Runs the `gapmeter` binary (not the service) in `dir`; returns its stdout, failing on a
+/// non-zero exit.
+pub fn gapmeter_cli(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn root() -> PathBuf {

@@ -96,12 +96,7 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
     assert_eq!(v["dataset"]["image_count"], 48);
 
     // The dataset summary, and a content hash equal to `gapmeter score`'s for the same images.
-    let d: Value = app
-        .get(&format!("/v1/datasets/{ds}"), &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let d: Value = app.get_json(&format!("/v1/datasets/{ds}"), &key).await;
     assert_eq!(d["image_count"], 48);
     let formats: Vec<(String, i64)> = d["formats"]
         .as_array()
@@ -126,22 +121,16 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
 
     // Images page through by hash.
     let p1: Value = app
-        .get(&format!("/v1/datasets/{ds}/images?limit=30"), &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/datasets/{ds}/images?limit=30"), &key)
+        .await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 30);
     let cursor = p1["next_cursor"].as_str().unwrap();
     let p2: Value = app
-        .get(
+        .get_json(
             &format!("/v1/datasets/{ds}/images?limit=30&cursor={cursor}"),
             &key,
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 18);
     assert!(p2["next_cursor"].is_null());
 }
@@ -478,6 +467,6 @@ async fn http_uris_fetch_an_image_or_an_archive(pool: PgPool) {
         .await;
     assert_eq!(r.status(), 422);
     // A failed ingest leaves no empty dataset behind.
-    let list: Value = app.get("/v1/datasets", &key).await.json().await.unwrap();
+    let list: Value = app.get_json("/v1/datasets", &key).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
 }
