@@ -831,10 +831,9 @@ async fn fid_from_cached_statistics_needs_no_features_and_caches_are_per_team(po
         grown["result"]["metrics"]["fid"]["value"].as_f64().unwrap(),
     );
     // Not bit-identical: the ten new images went through the model as batches of 8 and 2, and a
-    // float32 forward pass rounds differently with the batch shape (`gapmeter score
-    // --batch-size 1` moves this FID by 1.6e-7 relative: 150 samples in 128 dimensions make it
-    // ill-conditioned). DESIGN §4's tolerance.
-    // The measured gap is printed (`cargo test --test api -- --nocapture fid_from_cached`).
+    // float32 forward pass rounds differently with the batch shape; 150 samples in 128
+    // dimensions make this FID ill-conditioned enough to show it. DESIGN §4's tolerance. The
+    // measured gap is printed (`cargo test --test api -- --nocapture fid_from_cached`).
     eprintln!(
         "merged FID {y} vs from scratch {x}: {:.1e} relative",
         (x - y).abs() / x.abs()
