@@ -1,4 +1,4 @@
--- Teams, API keys, datasets and content-addressed images (DESIGN §5). Image bytes live in the
+-- Teams, API keys, datasets and content-addressed images (docs/architecture.md). Image bytes live in the
 -- blob store under their blake3 hash; this schema holds metadata only.
 
 CREATE TABLE teams (

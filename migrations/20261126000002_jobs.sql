@@ -1,4 +1,4 @@
--- The job queue (DESIGN §5) and the content-addressed caches (DESIGN §3).
+-- The job queue and the content-addressed caches (docs/architecture.md, "Jobs").
 
 CREATE TABLE jobs (
     id                uuid PRIMARY KEY,

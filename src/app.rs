@@ -2,7 +2,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Metrics};
@@ -23,16 +22,7 @@ impl Application {
     /// Connects to the database (running migrations), opens the blob store and binds the address
     /// in `config.server.bind` (port 0 picks a free one).
     pub async fn build(config: Config, models_dir: std::path::PathBuf) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.database.max_connections)
-            .connect(&config.database.url)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the database at {}",
-                    redact(&config.database.url)
-                )
-            })?;
+        let pool = store::connect(&config.database.url, config.database.max_connections).await?;
         Self::with_pool(config, pool, models_dir).await
     }
 
@@ -111,15 +101,4 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
 }

@@ -1,4 +1,4 @@
-//! Analytic properties every distance must have (DESIGN §4): identical sets are at distance 0.
+//! Analytic properties every distance must have (docs/metrics.md): identical sets are at distance 0.
 use gapmeter::metrics::{
     cmmd, fid_from_features, mmd, prdc, rng::LegacyRandomState, style_gap, Bandwidth, Estimator,
     MmdParams, PrdcParams, StyleSet,

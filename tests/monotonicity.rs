@@ -1,4 +1,4 @@
-//! DESIGN §4 / Heusel et al. 2017: on the same base set, FID, KID and the style gap grow with the
+//! docs/metrics.md / Heusel et al. 2017: on the same base set, FID, KID and the style gap grow with the
 //! strength of a disturbance. Base images are the bundled generated examples; disturbed copies
 //! are written as PNG (lossless) and scored against the clean set with the tiny test extractor.
 mod common;

@@ -1,4 +1,4 @@
-"""The reference extractors (DESIGN §2) as exportable modules, with their manifests.
+"""The reference extractors (docs/design.md, "Extractors") as exportable modules, with their manifests.
 
 Each builder returns (module, example input, [manifest, ...]); every manifest of one builder
 points at the same TorchScript file. `trained=False` builds the same architecture with seeded

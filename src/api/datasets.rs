@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{check_name, multipart_rejection, ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal};
-use crate::ingest::{self, looks_like_archive, IngestSummary, Ingestor, Outcome, UriError};
-use crate::store::{self, Dataset, DatasetId, DatasetImage, Scope};
+use crate::ingest::{self, looks_like_archive, IngestError, IngestSummary, Ingestor, Outcome};
+use crate::jobs::{IngestSpec, JobKind};
+use crate::store::{
+    self, Dataset, DatasetId, DatasetImage, DatasetStatus, Enqueued, JobId, NewJob, Scope,
+};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,19 +25,12 @@ pub struct CreateDataset {
     )]
     pub name: String,
     /// Optional source: `file://` (under the instance's allowed roots), `http(s)://` (an image or
-    /// archive), `s3://`, `gs://`, `az://` (a prefix). Ingested before the response.
+    /// archive), `s3://`, `gs://`, `az://` (a prefix). Ingested by a job: the answer is 202 with
+    /// the dataset `ingesting` and the job's `Location`; the dataset becomes `ready` or `failed`
+    /// when the job ends.
     #[serde(default)]
     #[schema(pattern = r"^(file|https?|s3|gs|az|abfss?)://[^\u0000-\u001F\u007F-\u009F]*$")]
     pub uri: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DatasetWithIngest {
-    #[serde(flatten)]
-    pub dataset: Dataset,
-    /// Per-file outcomes when the dataset was created from a URI.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ingest: Option<IngestSummary>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,8 +68,8 @@ pub struct DatasetPageQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImagePageQuery {
-    /// From the previous page's `next_cursor` (an image hash).
-    #[param(pattern = "^[0-9a-f]{64}$")]
+    /// From the previous page's `next_cursor` (a path).
+    #[param(max_length = 4096)]
     pub cursor: Option<String>,
     /// Items per page (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -94,68 +90,81 @@ fn bad_cursor() -> ApiError {
     ApiError::Unprocessable("invalid cursor".into())
 }
 
-/// `POST /v1/datasets`
+/// `POST /v1/datasets`: an empty dataset (201), or one filled from `uri` by an ingest job (202,
+/// `Location` names the job).
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", request_body = CreateDataset,
-    responses((status = 201, body = DatasetWithIngest), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 201, body = Dataset), (status = 202, body = Dataset, description = "ingesting from the URI", headers(("Location" = String, description = "the ingest job"), ("Content-Location" = String, description = "the dataset"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
     ApiJson(body): ApiJson<CreateDataset>,
-) -> Result<(StatusCode, HeaderMap, Json<DatasetWithIngest>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Dataset>), ApiError> {
     let team = who.team(Scope::Write)?;
     check_name(&body.name)?;
     if let Some(uri) = &body.uri {
-        ingest::check_uri(uri).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+        ingest::check_allowed(uri, &state.config.ingest).map_err(uri_error)?;
     }
-    let status = if body.uri.is_some() {
-        "ingesting"
-    } else {
-        "ready"
-    };
-    let ds =
-        store::create_dataset(&state.pool, team, &body.name, body.uri.as_deref(), status).await?;
-    let mut ingest_summary = None;
-    if let Some(uri) = &body.uri {
-        let mut ing = Ingestor::new(&state.pool, &state.blobs, &state.config.limits, ds.id);
-        let result = ingest::ingest_uri(
-            &mut ing,
-            uri,
-            &state.config.ingest,
-            state.config.limits.request_bytes,
+    // The dataset and its ingest job exist together or not at all: a dropped request leaves
+    // nothing half made.
+    let mut tx = state.pool.begin().await?;
+    let job = body.uri.as_ref().map(|_| JobId::new());
+    let ds = store::create_dataset(&mut tx, team, &body.name, body.uri.as_deref(), job).await?;
+    if let (Some(uri), Some(job_id)) = (&body.uri, job) {
+        let spec = IngestSpec {
+            dataset: ds.id,
+            uri: uri.clone(),
+        };
+        let enqueued = store::enqueue(
+            &mut tx,
+            &NewJob {
+                id: Some(job_id),
+                team,
+                kind: JobKind::Ingest,
+                spec: serde_json::to_value(&spec).map_err(anyhow::Error::from)?,
+                datasets: vec![ds.id],
+                idempotency_key: None,
+                request_hash: spec.request_hash(),
+                max_attempts: state.config.queue.max_attempts.max(1),
+                finished: None,
+            },
         )
-        .await;
-        record_outcomes(&state, &ing.summary);
-        store::refresh_dataset(&state.pool, ds.id).await?;
-        match result {
-            Ok(()) => store::set_dataset_status(&state.pool, ds.id, "ready", None).await?,
-            Err(e) => {
-                // The dataset row would be an empty shell; remove it and report why.
-                store::delete_dataset(&state.pool, &state.blobs, team, ds.id).await?;
-                return Err(match e {
-                    UriError::Invalid(m) | UriError::Unreachable(m) => ApiError::Unprocessable(m),
-                    UriError::Forbidden(m) => ApiError::Forbidden(m),
-                    UriError::Internal(e) => ApiError::Internal(e),
-                });
-            }
+        .await?;
+        if !matches!(enqueued, Enqueued::Created(_)) {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the ingest job was not created"
+            )));
         }
-        ingest_summary = Some(ing.summary);
     }
-    let dataset = store::get_dataset(&state.pool, team, ds.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    tx.commit().await?;
     let mut headers = HeaderMap::new();
-    if let Ok(v) = format!("/v1/datasets/{}", dataset.id).parse() {
-        headers.insert(header::LOCATION, v);
+    let own = format!("/v1/datasets/{}", ds.id);
+    let status = match job {
+        Some(job) => {
+            if let Ok(v) = format!("/v1/jobs/{job}").parse() {
+                headers.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = own.parse() {
+                headers.insert(header::CONTENT_LOCATION, v);
+            }
+            StatusCode::ACCEPTED
+        }
+        None => {
+            if let Ok(v) = own.parse() {
+                headers.insert(header::LOCATION, v);
+            }
+            StatusCode::CREATED
+        }
+    };
+    Ok((status, headers, Json(ds)))
+}
+
+fn uri_error(e: ingest::UriError) -> ApiError {
+    match e {
+        ingest::UriError::Forbidden(m) => ApiError::Forbidden(m),
+        ingest::UriError::Internal(e) => ApiError::Internal(e),
+        other => ApiError::Unprocessable(other.to_string()),
     }
-    Ok((
-        StatusCode::CREATED,
-        headers,
-        Json(DatasetWithIngest {
-            dataset,
-            ingest: ingest_summary,
-        }),
-    ))
 }
 
 /// `GET /v1/datasets`: the team's datasets, newest first.
@@ -193,7 +202,7 @@ pub async fn get(
     Ok(Json(ds))
 }
 
-/// `GET /v1/datasets/{id}/images`: by content hash.
+/// `GET /v1/datasets/{id}/images`: the dataset's files, by path.
 #[utoipa::path(get, path = "/v1/datasets/{id}/images", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id"), ImagePageQuery),
     responses((status = 200, body = ImagePage), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
@@ -206,17 +215,10 @@ pub async fn images(
 ) -> Result<Json<ImagePage>, ApiError> {
     let team = who.team(Scope::Read)?;
     let limit = page_limit(q.limit)?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            hex::decode(c)
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(bad_cursor)
-        })
-        .transpose()?;
-    let page = store::list_dataset_images(&state.pool, team, id, cursor, limit)
+    if q.cursor.as_ref().is_some_and(|c| c.len() > 4096) {
+        return Err(bad_cursor());
+    }
+    let page = store::list_dataset_images(&state.pool, team, id, q.cursor, limit)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset"))?;
     Ok(Json(ImagePage {
@@ -258,7 +260,7 @@ pub struct UploadForm {
 #[utoipa::path(post, path = "/v1/datasets/{id}/images", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -268,9 +270,15 @@ pub async fn upload(
 ) -> Result<Json<UploadResult>, ApiError> {
     let team = who.team(Scope::Write)?;
     let mut form = form.map_err(multipart_rejection)?;
-    store::get_dataset(&state.pool, team, id)
+    let ds = store::get_dataset(&state.pool, team, id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset"))?;
+    if ds.status != DatasetStatus::Ready {
+        return Err(ApiError::Conflict(format!(
+            "dataset {:?} is {}: files can be added to a ready dataset only",
+            ds.name, ds.status
+        )));
+    }
     let limits = &state.config.limits;
     let mut ing = Ingestor::new(&state.pool, &state.blobs, limits, id);
     let mut received = 0u64;
@@ -312,7 +320,12 @@ pub async fn upload(
                 }
                 continue;
             }
-            ing.add_file(&name, spool.path()).await?;
+            ing.add_file(&name, spool.path())
+                .await
+                .map_err(|e| match e {
+                    IngestError::Store(e) => ApiError::Internal(e),
+                    IngestError::Interrupted => ApiError::Internal(anyhow::anyhow!("interrupted")),
+                })?;
         }
         Ok(())
     }
@@ -363,6 +376,7 @@ fn record_outcomes(state: &AppState, summary: &IngestSummary) {
         let label = match f.outcome {
             Outcome::Accepted => "accepted",
             Outcome::Duplicate => "duplicate",
+            Outcome::Unchanged => "unchanged",
             Outcome::Rejected => "rejected",
         };
         state.metrics.upload_files.with_label_values(&[label]).inc();

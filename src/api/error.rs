@@ -84,6 +84,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::jobs::Invalid> for ApiError {
+    fn from(e: crate::jobs::Invalid) -> Self {
+        ApiError::Unprocessable(e.to_string())
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {

@@ -31,8 +31,8 @@ pub async fn healthz() -> Json<Health> {
 /// `GET /readyz`: the database answers, the blob store round-trips, the models directory lists.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let database = match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => "ok".to_string(),
+    let database = match crate::store::ping(&state.pool).await {
+        Ok(()) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
     let blob_store = match state.blobs.probe().await {

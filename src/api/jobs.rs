@@ -10,20 +10,51 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::{ApiError, AppState, Principal};
+use super::{ApiError, AppState, Principal, Problem};
 use crate::features::Registry;
+use crate::jobs::{self, JobSpec, MatrixRequest, ScoreRequest, Work};
 use crate::store::{
-    self, CacheScope, CancelOutcome, DatasetId, Enqueued, Finished, Job, JobFilter, JobId,
-    JobStatus, NewJob, Scope, TeamId,
+    self, CacheScope, CancelOutcome, DatasetId, DatasetStatus, Enqueued, Failure, FailureKind,
+    Finished, Job, JobFilter, JobId, JobStatus, NewJob, Scope, TeamId,
 };
-use crate::worker::{JobSpec, MatrixRequest, ScoreRequest, Work};
 
 /// Header naming a client-chosen key that makes a submission safe to retry.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// A job as the API shows it: the stored job, with its failure as problem details.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobResource {
+    #[serde(flatten)]
+    pub job: Job,
+    /// Problem details of a failed, dead or cancelled job.
+    pub error: Option<Problem>,
+}
+
+impl From<Job> for JobResource {
+    fn from(job: Job) -> Self {
+        let error = job.error.as_ref().map(problem);
+        Self { job, error }
+    }
+}
+
+/// How a job's failure reads as problem details (the only place job failures meet HTTP).
+pub fn problem(f: &Failure) -> Problem {
+    let (kind, title, status) = match f.kind {
+        FailureKind::Failed => ("job-failed", "Job failed", 422),
+        FailureKind::Cancelled => ("cancelled", "Job cancelled", 409),
+        FailureKind::Dead => ("job-dead", "Job failed after every attempt", 500),
+    };
+    Problem {
+        kind: format!("/problems/{kind}"),
+        title: title.into(),
+        status,
+        detail: f.detail.clone(),
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
-    pub items: Vec<Job>,
+    pub items: Vec<JobResource>,
     pub next_cursor: Option<String>,
 }
 
@@ -96,36 +127,34 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// result is cached is created already `succeeded`.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = ScoreRequest,
     params(IdempotencyHeader),
-    responses((status = 202, body = Job, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ScoreRequest>,
-) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let (spec, manifest) = JobSpec::score(body, &registry(&state))
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let (spec, manifest) = JobSpec::score(body, &registry(&state))?;
     submit(&state, team, spec, &manifest, key).await
 }
 
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
 #[utoipa::path(post, path = "/v1/matrix", tag = "jobs", request_body = MatrixRequest,
     params(IdempotencyHeader),
-    responses((status = 202, body = Job, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create_matrix(
     State(state): State<AppState>,
     who: Principal,
     headers: HeaderMap,
     ApiJson(body): ApiJson<MatrixRequest>,
-) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let (spec, manifest) = JobSpec::matrix(body, &registry(&state))
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let (spec, manifest) = JobSpec::matrix(body, &registry(&state))?;
     submit(&state, team, spec, &manifest, key).await
 }
 
@@ -136,13 +165,24 @@ async fn submit(
     spec: JobSpec,
     manifest: &crate::features::Manifest,
     idempotency_key: Option<String>,
-) -> Result<(StatusCode, HeaderMap, Json<Job>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let mut contents = Vec::with_capacity(spec.datasets.len());
     for id in &spec.datasets {
         let ds = store::get_dataset(&state.pool, team, *id)
             .await?
             .ok_or_else(|| ApiError::Unprocessable(format!("no dataset {id}")))?;
-        if ds.image_count == 0 && ds.status != "ingesting" {
+        if ds.status != DatasetStatus::Ready {
+            return Err(ApiError::Conflict(format!(
+                "dataset {:?} ({id}) is {}: only a ready dataset can be scored{}",
+                ds.name,
+                ds.status,
+                match ds.status {
+                    DatasetStatus::Ingesting => " (wait for its ingest job)",
+                    _ => "",
+                }
+            )));
+        }
+        if ds.image_count == 0 {
             return Err(ApiError::Unprocessable(format!(
                 "dataset {:?} ({id}) has no images",
                 ds.name
@@ -152,21 +192,20 @@ async fn submit(
     }
     // A request already answered for exactly this content needs no worker.
     let refs: Vec<&str> = contents.iter().map(String::as_str).collect();
-    let result_key = spec.result_key(&refs, &manifest.cache_key());
     let scope = CacheScope::for_team(team, state.config.cache.share_across_teams);
-    let finished = store::cached_result(&state.pool, scope, &result_key)
-        .await?
-        .map(|result| Finished {
-            result,
-            work: serde_json::to_value(Work {
-                result_cache_hit: true,
-                ..Work::default()
-            })
-            .unwrap_or_default(),
-        });
+    let (_, hit) = jobs::cached_result(&state.pool, scope, &spec, &refs, manifest).await?;
+    let finished = hit.map(|result| Finished {
+        result,
+        work: serde_json::to_value(Work {
+            result_cache_hit: true,
+            ..Work::default()
+        })
+        .unwrap_or_default(),
+    });
     let job = NewJob {
+        id: None,
         team,
-        kind: spec.kind.as_str().to_string(),
+        kind: spec.kind,
         spec: serde_json::to_value(&spec).map_err(anyhow::Error::from)?,
         datasets: spec.datasets.clone(),
         idempotency_key,
@@ -193,24 +232,24 @@ async fn submit(
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::ACCEPTED, headers, Json(job)))
+    Ok((StatusCode::ACCEPTED, headers, Json(job.into())))
 }
 
 /// `GET /v1/jobs/{id}`: status, progress, timings, and the result or the error.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, format = Uuid, description = "job id")),
-    responses((status = 200, body = Job), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = JobResource), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
     ApiPath(id): ApiPath<JobId>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<JobResource>, ApiError> {
     let team = who.team(Scope::Read)?;
     let job = store::get_job(&state.pool, team, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
-    Ok(Json(job))
+    Ok(Json(job.into()))
 }
 
 /// `GET /v1/jobs`: the team's jobs, newest first.
@@ -249,7 +288,7 @@ pub async fn list(
     };
     let page = store::list_jobs(&state.pool, team, &filter, q.cursor, limit).await?;
     Ok(Json(JobPage {
-        items: page.items,
+        items: page.items.into_iter().map(JobResource::from).collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -258,17 +297,17 @@ pub async fn list(
 /// next batch (`cancel_requested` until then). A finished job answers 409.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, format = Uuid, description = "job id")),
-    responses((status = 202, body = Job, description = "cancelled, or cancelling"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 202, body = JobResource, description = "cancelled, or cancelling"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     who: Principal,
     ApiPath(id): ApiPath<JobId>,
-) -> Result<(StatusCode, Json<Job>), ApiError> {
+) -> Result<(StatusCode, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     match store::cancel(&state.pool, team, id).await? {
         None => Err(ApiError::not_found("job")),
-        Some(CancelOutcome::Accepted(job)) => Ok((StatusCode::ACCEPTED, Json(job))),
+        Some(CancelOutcome::Accepted(job)) => Ok((StatusCode::ACCEPTED, Json(job.into()))),
         Some(CancelOutcome::Finished(job)) => Err(ApiError::Conflict(format!(
             "job {id} already ended ({})",
             job.status.as_str()
@@ -345,7 +384,7 @@ async fn next_events(
             out.push(
                 Event::default()
                     .event("end")
-                    .json_data(&job)
+                    .json_data(JobResource::from(job))
                     .unwrap_or_else(|_| Event::default().event("end")),
             );
             return Ok((out, None));

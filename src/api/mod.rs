@@ -52,8 +52,7 @@ pub async fn listen_job_events(
 ) {
     loop {
         let listener = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(crate::store::EVENTS_CHANNEL).await?;
+            let mut l = crate::store::listen(&pool, crate::store::EVENTS_CHANNEL).await?;
             loop {
                 let n = l.recv().await?;
                 if let Ok(id) = n.payload().parse() {
@@ -87,12 +86,12 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
     components(schemas(
         Problem, health::Health, health::Readiness,
         teams::CreateTeam, teams::CreateKey, crate::store::Team, crate::store::ApiKey, crate::store::NewKey, crate::store::Scope,
-        datasets::CreateDataset, datasets::DatasetWithIngest, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
-        crate::store::Dataset, crate::store::DatasetImage, crate::store::FormatCount,
+        datasets::CreateDataset, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
+        crate::store::Dataset, crate::store::DatasetStatus, crate::store::DatasetImage, crate::store::FormatCount,
         crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
-        jobs::JobPage, jobs::ExtractorSummary, crate::store::Job, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
-        crate::worker::ScoreRequest, crate::worker::MatrixRequest, crate::worker::Parameters, crate::worker::spec::KidOptions, crate::worker::spec::IsOptions,
-        crate::worker::spec::MmdOptions, crate::worker::spec::PrdcOptions, crate::worker::spec::Bootstrap, crate::worker::spec::SymmetricMetric, crate::score::MetricName,
+        jobs::JobPage, jobs::JobResource, jobs::ExtractorSummary, crate::store::Job, crate::store::JobKind, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
+        crate::jobs::ScoreRequest, crate::jobs::MatrixRequest, crate::jobs::Parameters, crate::jobs::KidOptions, crate::jobs::IsOptions,
+        crate::jobs::MmdOptions, crate::jobs::PrdcOptions, crate::jobs::Bootstrap, crate::jobs::SymmetricMetric, crate::score::MetricName,
     )),
     modifiers(&BearerAuth),
     tags((name = "datasets"), (name = "jobs"), (name = "admin"), (name = "operations")),

@@ -102,10 +102,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match crate::store::job_counts(&state.pool).await {
         Ok(counts) => {
             for status in crate::store::JobStatus::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == status.as_str())
-                    .map_or(0, |c| c.1);
+                let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |c| c.1);
                 state
                     .metrics
                     .jobs

@@ -511,7 +511,8 @@ async fn upload(
         Some(files.len() as u64),
         indicatif::ProgressDrawTarget::stderr(),
     );
-    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, Vec::new());
+    let (mut accepted, mut duplicates, mut unchanged, mut rejected) =
+        (0u64, 0u64, 0u64, Vec::new());
     let mut start = 0;
     while start < files.len() {
         let mut form = reqwest::multipart::Form::new();
@@ -548,6 +549,7 @@ async fn upload(
             .await?;
         accepted += resp["accepted"].as_u64().unwrap_or(0);
         duplicates += resp["duplicates"].as_u64().unwrap_or(0);
+        unchanged += resp["unchanged"].as_u64().unwrap_or(0);
         for f in resp["files"].as_array().into_iter().flatten() {
             if f["outcome"] == "rejected" {
                 rejected.push(format!(
@@ -569,10 +571,12 @@ async fn upload(
         Format::Json => println!("{}", serde_json::to_string_pretty(&dataset)?),
         Format::Table => {
             eprintln!(
-                "dataset {:?}: {accepted} accepted, {duplicates} duplicates, {} rejected; {} images, {}",
+                "dataset {:?}: {accepted} accepted, {duplicates} duplicates (kept: a folder counts them), \
+                 {unchanged} unchanged, {} rejected; {} files ({} distinct), {}",
                 dataset["name"].as_str().unwrap_or(""),
                 rejected.len(),
                 dataset["image_count"],
+                dataset["unique_images"],
                 dataset["content_hash"].as_str().unwrap_or("-")
             );
             println!("{id}");

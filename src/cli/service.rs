@@ -78,11 +78,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&config.database.url)
-        .await
-        .with_context(|| format!("connecting to {}", crate::app::redact(&config.database.url)))?;
+    let pool = store::connect(&config.database.url, 2).await?;
     store::migrate(&pool).await?;
     Ok(pool)
 }
@@ -123,18 +119,14 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let models = args.models_dir.unwrap_or_else(default_models_dir);
     runtime()?.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(
-                config
-                    .database
-                    .max_connections
-                    .max(options.concurrency as u32 + 3),
-            )
-            .connect(&config.database.url)
-            .await
-            .with_context(|| {
-                format!("connecting to {}", crate::app::redact(&config.database.url))
-            })?;
+        let pool = store::connect(
+            &config.database.url,
+            config
+                .database
+                .max_connections
+                .max(options.concurrency as u32 + 3),
+        )
+        .await?;
         store::migrate(&pool).await?;
         let blobs = Blobs::open(&config.storage.url)?;
         let worker = Worker::new(pool, blobs, Registry::new(models), options);

@@ -9,4 +9,4 @@ mod registry;
 pub use device::DeviceSpec;
 pub use extractor::{ExtractedBatch, Extractor};
 pub use manifest::{InputRange, InputSize, Manifest, ManifestError};
-pub use registry::{default_models_dir, resolve_extractor, Registry};
+pub use registry::{default_models_dir, resolve_extractor, Naming, Registry, DEFAULT_EXTRACTORS};

@@ -80,12 +80,58 @@ impl Registry {
     }
 }
 
-/// Resolves `--extractor`: a manifest path (anything ending in `.toml` or naming a file), else a
-/// registered id.
-pub fn resolve_extractor(arg: &str, registry: &Registry) -> anyhow::Result<Manifest> {
-    let path = Path::new(arg);
-    if arg.ends_with(".toml") || path.is_file() {
-        return Manifest::load(path).with_context(|| format!("loading extractor manifest {arg}"));
+/// Tried in order when no extractor is named: pytorch-fid's FID Inception if exported, else its
+/// untrained, seeded test twin (results made with it say so).
+pub const DEFAULT_EXTRACTORS: &[&str] = &["inception-v3-fid", "inception-v3-fid-untrained"];
+
+/// What a caller may name an extractor by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// A registered id or a manifest path (the CLI's `--extractor`).
+    IdOrPath,
+    /// A registered id only: a request to the service must not make it read arbitrary files.
+    IdOnly,
+}
+
+/// The one extractor resolver: `requested` by id (or path, with [`Naming::IdOrPath`]), else the
+/// first of [`DEFAULT_EXTRACTORS`] that is installed.
+pub fn resolve_extractor(
+    requested: Option<&str>,
+    registry: &Registry,
+    naming: Naming,
+) -> anyhow::Result<Manifest> {
+    match (requested, naming) {
+        (Some(arg), Naming::IdOrPath) => {
+            let path = Path::new(arg);
+            if arg.ends_with(".toml") || path.is_file() {
+                return Manifest::load(path)
+                    .with_context(|| format!("loading extractor manifest {arg}"));
+            }
+            registry.get(arg)
+        }
+        (Some(id), Naming::IdOnly) => {
+            let ok = !id.is_empty()
+                && id.len() <= 100
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !id.starts_with('.');
+            if !ok {
+                bail!("{id:?} is not an extractor id");
+            }
+            registry.get(id)
+        }
+        (None, _) => match DEFAULT_EXTRACTORS
+            .iter()
+            .find_map(|id| registry.get(id).ok())
+        {
+            Some(m) => Ok(m),
+            None => bail!(
+                "no default extractor ({}) is installed in {}: run `make models` (test models) or \
+                 scripts/export_models.py, or name one",
+                DEFAULT_EXTRACTORS.join(", "),
+                registry.dir().display()
+            ),
+        },
     }
-    registry.get(arg)
 }

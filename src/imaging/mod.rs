@@ -1,4 +1,5 @@
-//! Decoding and resizing exactly like the reference implementations (DESIGN §2).
+//! Decoding and resizing exactly like the reference implementations (docs/design.md,
+//! "Preprocessing").
 //!
 //! * Decoding yields RGB uint8: grayscale is replicated, alpha is dropped (as PIL's
 //!   `convert("RGB")`), 16-bit samples keep their high byte (as Pillow does for 16-bit RGB; for

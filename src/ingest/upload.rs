@@ -1,8 +1,10 @@
-//! Ingesting files into a dataset: verify each image, deduplicate by content, store, and record a
-//! per-file outcome. Archives (tar, tar.gz, zip) are read member by member on a blocking thread
+//! Ingesting files into a dataset: verify each image, store its bytes once per content, make it
+//! the dataset's member under its path, and record a per-file outcome. Archives (tar, tar.gz, zip) are read member by member on a blocking thread
 //! and handed over through a small bounded channel, so memory holds at most a few images at once.
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -15,19 +17,26 @@ use crate::store::{self, AddOutcome, Blobs, DatasetId, ImageMeta};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// A new member.
     Accepted,
+    /// A new member whose bytes the dataset already holds under another path (scored like any
+    /// other file, as a folder holding both copies would be).
     Duplicate,
+    /// The path already holds these bytes (a retried upload): nothing changed.
+    Unchanged,
+    /// Not a member: `reason` says why.
     Rejected,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileOutcome {
-    /// File name, `archive.tar.gz/inner/path.png` for archive members.
+    /// Path in the upload, `archive.tar.gz/inner/path.png` for archive members: the member's
+    /// key in the dataset.
     pub name: String,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// blake3 of the bytes, hex (accepted and duplicate files).
+    /// blake3 of the bytes, hex (accepted, duplicate and unchanged files).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
 }
@@ -35,10 +44,76 @@ pub struct FileOutcome {
 /// Counts and per-file outcomes of one ingest.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct IngestSummary {
+    /// New members with new content for the dataset.
     pub accepted: u64,
+    /// New members whose bytes the dataset already held under another path.
     pub duplicates: u64,
+    /// Files whose path already held the same bytes.
+    pub unchanged: u64,
     pub rejected: u64,
     pub files: Vec<FileOutcome>,
+}
+
+/// Live tallies of an ingest, readable from another task while it runs (a job's progress).
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub seen: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl IngestCounters {
+    /// (name, value) pairs, for progress reports.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("seen", get(&self.seen)),
+            ("accepted", get(&self.accepted)),
+            ("duplicates", get(&self.duplicates)),
+            ("unchanged", get(&self.unchanged)),
+            ("rejected", get(&self.rejected)),
+        ]
+    }
+}
+
+/// Why an ingest stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The interrupt flag was raised (a cancelled or released job).
+    #[error("interrupted")]
+    Interrupted,
+    /// The database or the blob store failed.
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// A path as a folder would hold it: `/`-separated, without empty or `.` components. `None`
+/// for a path that climbs out (`..`) or names nothing.
+pub fn normalise_path(name: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in name.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Why `gapmeter score` would not read a file at `path` in a folder (hidden, or not an image
+/// extension), if it would not; the service leaves out the same files so both score the same.
+pub fn not_scored(path: &str) -> Option<&'static str> {
+    if path.split('/').any(|c| c.starts_with('.')) {
+        return Some("hidden file or folder (name starts with '.'), which gapmeter score skips");
+    }
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let is_image = ext.is_some_and(|e| crate::ingest::IMAGE_EXTENSIONS.contains(&e.as_str()));
+    (!is_image).then_some(
+        "not an image file name (jpg, jpeg, png, webp, gif, bmp, tif, tiff), which gapmeter score skips",
+    )
 }
 
 /// The formats gapmeter scores.
@@ -128,6 +203,8 @@ pub struct Ingestor<'a> {
     limits: &'a Limits,
     dataset: DatasetId,
     files: u64,
+    interrupt: Option<Arc<AtomicBool>>,
+    counters: Arc<IngestCounters>,
     pub summary: IngestSummary,
 }
 
@@ -139,14 +216,50 @@ impl<'a> Ingestor<'a> {
             limits,
             dataset,
             files: 0,
+            interrupt: None,
+            counters: Arc::default(),
             summary: IngestSummary::default(),
         }
     }
 
+    /// Stops the ingest at the next file once `flag` is raised.
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    /// Live tallies, for another task to report.
+    pub fn counters(&self) -> Arc<IngestCounters> {
+        self.counters.clone()
+    }
+
+    fn check_interrupt(&self) -> Result<(), IngestError> {
+        if self
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(IngestError::Interrupted);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, outcome: FileOutcome) {
+        let (total, counter) = match outcome.outcome {
+            Outcome::Accepted => (&mut self.summary.accepted, &self.counters.accepted),
+            Outcome::Duplicate => (&mut self.summary.duplicates, &self.counters.duplicates),
+            Outcome::Unchanged => (&mut self.summary.unchanged, &self.counters.unchanged),
+            Outcome::Rejected => (&mut self.summary.rejected, &self.counters.rejected),
+        };
+        *total += 1;
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters.seen.fetch_add(1, Ordering::Relaxed);
+        self.summary.files.push(outcome);
+    }
+
     /// Records a rejection.
     pub fn reject(&mut self, name: &str, reason: impl Into<String>) {
-        self.summary.rejected += 1;
-        self.summary.files.push(FileOutcome {
+        self.record(FileOutcome {
             name: name.to_string(),
             outcome: Outcome::Rejected,
             reason: Some(reason.into()),
@@ -170,16 +283,27 @@ impl<'a> Ingestor<'a> {
         true
     }
 
-    /// Verifies and stores one image file. Errors are infrastructure failures (database, blob
-    /// store); a bad file is a rejection, not an error.
-    pub async fn add_image(&mut self, name: &str, bytes: Bytes) -> anyhow::Result<()> {
+    /// Verifies one image file and makes it the member at `name`. Errors are infrastructure
+    /// failures (database, blob store) or an interrupt; a bad file is a rejection, not an error.
+    pub async fn add_image(&mut self, name: &str, bytes: Bytes) -> Result<(), IngestError> {
+        self.check_interrupt()?;
         if !self.admit(name) {
+            return Ok(());
+        }
+        let Some(path) = normalise_path(name) else {
+            self.reject(name, "not a file path (empty, or climbs out with '..')");
+            return Ok(());
+        };
+        if let Some(why) = not_scored(&path) {
+            self.reject(name, why);
             return Ok(());
         }
         let limits = self.limits.clone();
         let checked = {
             let bytes = bytes.clone();
-            tokio::task::spawn_blocking(move || verify_image(&bytes, &limits)).await?
+            tokio::task::spawn_blocking(move || verify_image(&bytes, &limits))
+                .await
+                .map_err(anyhow::Error::from)?
         };
         let (format, width, height) = match checked {
             Ok(v) => v,
@@ -189,43 +313,47 @@ impl<'a> Ingestor<'a> {
             }
         };
         let meta = ImageMeta {
-            hash: *blake3::hash(&bytes).as_bytes(),
+            hash: crate::content::image_hash(&bytes),
             bytes: bytes.len() as i64,
             width: width as i32,
             height: height as i32,
             format,
         };
-        let outcome =
-            store::add_image(self.pool, self.blobs, self.dataset, &meta, name, bytes).await?;
-        match outcome {
-            AddOutcome::Added => self.summary.accepted += 1,
-            AddOutcome::Duplicate => self.summary.duplicates += 1,
-        }
-        self.summary.files.push(FileOutcome {
-            name: name.to_string(),
-            outcome: if outcome == AddOutcome::Added {
-                Outcome::Accepted
-            } else {
-                Outcome::Duplicate
-            },
-            reason: None,
+        let added =
+            store::add_member(self.pool, self.blobs, self.dataset, &path, &meta, bytes).await?;
+        let (outcome, reason) = match added {
+            AddOutcome::Added => (Outcome::Accepted, None),
+            AddOutcome::Duplicate => (Outcome::Duplicate, None),
+            AddOutcome::Unchanged => (Outcome::Unchanged, None),
+            AddOutcome::Conflict { existing } => (
+                Outcome::Rejected,
+                Some(format!(
+                    "the dataset already holds other bytes at {path:?} (blake3 {}); delete the dataset or upload under another path",
+                    hex::encode(existing)
+                )),
+            ),
+        };
+        self.record(FileOutcome {
+            name: path,
+            outcome,
+            reason,
             hash: Some(hex::encode(meta.hash)),
         });
         Ok(())
     }
 
     /// Ingests a file already on disk: an archive (by content) or a single image.
-    pub async fn add_file(&mut self, name: &str, path: &Path) -> anyhow::Result<()> {
+    pub async fn add_file(&mut self, name: &str, path: &Path) -> Result<(), IngestError> {
         let mut head = vec![0u8; 512];
         let n = {
-            let mut f = std::fs::File::open(path)?;
-            read_up_to(&mut f, &mut head)?
+            let mut f = std::fs::File::open(path).map_err(anyhow::Error::from)?;
+            read_up_to(&mut f, &mut head).map_err(anyhow::Error::from)?
         };
         head.truncate(n);
         if let Some(kind) = archive_kind(&head) {
             return self.add_archive(name, path, kind).await;
         }
-        let len = std::fs::metadata(path)?.len();
+        let len = std::fs::metadata(path).map_err(anyhow::Error::from)?.len();
         if len > self.limits.image_bytes {
             if self.admit(name) {
                 self.reject(
@@ -238,7 +366,7 @@ impl<'a> Ingestor<'a> {
             }
             return Ok(());
         }
-        let bytes = Bytes::from(tokio::fs::read(path).await?);
+        let bytes = Bytes::from(tokio::fs::read(path).await.map_err(anyhow::Error::from)?);
         self.add_image(name, bytes).await
     }
 
@@ -248,7 +376,7 @@ impl<'a> Ingestor<'a> {
         name: &str,
         path: &Path,
         kind: ArchiveKind,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), IngestError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Member>(2);
         let limits = self.limits.clone();
         let path = path.to_path_buf();
@@ -267,7 +395,7 @@ impl<'a> Ingestor<'a> {
                 }
             }
         }
-        if let Err(reason) = reader.await? {
+        if let Err(reason) = reader.await.map_err(anyhow::Error::from)? {
             self.reject(name, reason);
         }
         Ok(())

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io::Write;
 
-use super::upload::{archive_kind, Ingestor};
+use super::upload::{archive_kind, IngestError, Ingestor};
 use crate::config::IngestConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,20 @@ pub enum UriError {
     /// The source could not be read (missing file, HTTP error, ...).
     #[error("{0}")]
     Unreachable(String),
+    /// The ingest was told to stop (its job was cancelled or released).
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<IngestError> for UriError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Interrupted => UriError::Interrupted,
+            IngestError::Store(e) => UriError::Internal(e),
+        }
+    }
 }
 
 /// Checks a dataset URI's form before anything is created: a parseable URL of a supported scheme,
@@ -143,7 +155,7 @@ async fn ingest_file_uri(
     Ok(())
 }
 
-fn is_private(ip: IpAddr) -> bool {
+pub(super) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()

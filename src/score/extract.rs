@@ -43,7 +43,7 @@ pub struct ExtractedSet {
     /// Paths of the rows of `features`, in order.
     pub paths: Vec<String>,
     pub skipped: Vec<Skipped>,
-    /// blake3 over the sorted per-image blake3 hashes (DESIGN §5's dataset hash).
+    /// The set's content hash ([`crate::content::dataset_hash`] over every file).
     pub content_hash: String,
 }
 
@@ -95,7 +95,7 @@ pub fn extract_folder(
     let mut dim = extractor.feature_dim();
     for chunk in paths.chunks(batch_size.max(1)) {
         // Order is kept: rayon's collect preserves the chunk's order.
-        let prepared: Vec<Result<(blake3::Hash, Prepared), String>> = chunk
+        let prepared: Vec<Result<([u8; 32], Prepared), String>> = chunk
             .par_iter()
             .map(|p| load_one_file(p, h, w, manifest.resize))
             .collect();
@@ -149,7 +149,7 @@ pub fn extract_folder(
         style,
         paths: kept,
         skipped,
-        content_hash: dataset_hash(&mut hashes),
+        content_hash: crate::content::dataset_hash(hashes),
     })
 }
 
@@ -159,9 +159,9 @@ pub(super) fn load_one_file(
     h: usize,
     w: usize,
     mode: ResizeMode,
-) -> Result<(blake3::Hash, Prepared), String> {
+) -> Result<([u8; 32], Prepared), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
-    let hash = blake3::hash(&bytes);
+    let hash = crate::content::image_hash(&bytes);
     Ok((hash, load_one(&bytes, h, w, mode)?))
 }
 
@@ -170,16 +170,6 @@ pub(super) fn load_one_file(
 pub fn load_one(bytes: &[u8], h: usize, w: usize, mode: ResizeMode) -> Result<Prepared, String> {
     let img = imaging::decode_rgb(bytes).map_err(|e| e.to_string())?;
     imaging::prepare(&img, h, w, mode).map_err(|e| e.to_string())
-}
-
-/// The dataset content hash: blake3 over the sorted 32-byte image hashes.
-pub fn dataset_hash(hashes: &mut [blake3::Hash]) -> String {
-    hashes.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let mut h = blake3::Hasher::new();
-    for x in hashes.iter() {
-        h.update(x.as_bytes());
-    }
-    format!("blake3:{}", h.finalize().to_hex())
 }
 
 fn progress_bar(enabled: bool, len: u64, label: &str) -> indicatif::ProgressBar {

@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::features::{resolve_extractor, DeviceSpec, Extractor, Manifest, Registry};
+use crate::features::{resolve_extractor, DeviceSpec, Extractor, Manifest, Naming, Registry};
 use crate::metrics::{self, BootstrapParams};
 
 pub use compute::{compute, MetricName, MetricParams, MetricValue, Values};
 pub use extract::load_one;
 pub use extract::{
-    dataset_hash, extract_folder, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT,
-    STYLE_OUTPUT,
+    extract_folder, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT, STYLE_OUTPUT,
 };
 pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetData, SetProvenance};
 pub use report::{ExtractorInfo, ImageScore, MatrixReport, PerImage, Report, Software};
@@ -62,9 +61,6 @@ impl ScoreOptions {
         Ok(())
     }
 }
-
-/// Trained FID Inception if exported, else its untrained test twin (with a warning in the result).
-const DEFAULT_EXTRACTORS: &[&str] = &["inception-v3-fid", "inception-v3-fid-untrained"];
 
 /// Below this many samples FID is strongly biased (Chong & Forsyth 2020; the 2048 of the FID paper).
 const FID_RELIABLE_N: usize = 2048;
@@ -313,17 +309,7 @@ fn load_sets(
 }
 
 fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Extractor> {
-    let manifest = match &opts.extractor {
-        Some(arg) => resolve_extractor(arg, &opts.registry)?,
-        None => match DEFAULT_EXTRACTORS.iter().find_map(|id| opts.registry.get(id).ok()) {
-            Some(m) => m,
-            None => bail!(
-                "no default extractor in {}: run `make models` (test models) or scripts/export_models.py, \
-                 or pass --extractor PATH/TO/MANIFEST.toml",
-                opts.registry.dir().display()
-            ),
-        },
-    };
+    let manifest = resolve_extractor(opts.extractor.as_deref(), &opts.registry, Naming::IdOrPath)?;
     Extractor::load(manifest, opts.device)
 }
 

@@ -1,4 +1,4 @@
-//! Content-addressed caches (DESIGN §3): per-image extractor outputs, per-dataset sufficient
+//! Content-addressed caches (docs/design.md, "Statistics"): per-image extractor outputs, per-dataset sufficient
 //! statistics and finished results. Every entry has a scope: the team that computed it, or
 //! [`CacheScope::shared`] when the instance shares caches across teams.
 use std::collections::HashMap;

@@ -1,25 +1,71 @@
-//! Datasets and their images. Images are deduplicated by content (blake3) across all datasets;
-//! a blob is deleted when the last dataset referencing it goes.
+//! Datasets and their members. A dataset is a multiset of files, as a folder is: each accepted
+//! file is a member under its path, and the same bytes may be members under several paths. Blobs
+//! are stored once per content (blake3) across all datasets; a blob is deleted when the last
+//! member referencing it goes.
 use bytes::Bytes;
-use serde::Serialize;
-use sqlx::PgPool;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
-use super::{Blobs, DatasetId, TeamId};
+use super::{Blobs, DatasetId, JobId, TeamId};
+use crate::content;
+
+/// Where a dataset is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetStatus {
+    /// A URI ingest job is filling it; it cannot be scored or uploaded to yet.
+    Ingesting,
+    Ready,
+    /// Its ingest job failed; `error` says why.
+    Failed,
+}
+
+impl DatasetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetStatus::Ingesting => "ingesting",
+            DatasetStatus::Ready => "ready",
+            DatasetStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ingesting" => DatasetStatus::Ingesting,
+            "ready" => DatasetStatus::Ready,
+            "failed" => DatasetStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for DatasetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Dataset {
     pub id: DatasetId,
     pub name: String,
     pub uri: Option<String>,
-    /// `ingesting`, `ready` or `failed`.
-    pub status: String,
+    pub status: DatasetStatus,
+    /// Why ingesting the URI failed (status `failed`).
     pub error: Option<String>,
+    /// The job ingesting `uri` (`GET /v1/jobs/{id}`).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub ingest_job: Option<JobId>,
+    /// Files, duplicates included: what `gapmeter score` counts in a folder.
     pub image_count: i64,
+    /// Distinct contents among the files.
+    pub unique_images: i64,
+    /// Bytes of every file, duplicates included.
     pub total_bytes: i64,
-    /// `blake3:` over the sorted image hashes; absent while the dataset is empty.
+    /// `blake3:` over the sorted hashes of every file; absent while the dataset is empty.
     pub content_hash: Option<String>,
-    /// Images per format.
+    /// Files per format.
     pub formats: Vec<FormatCount>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -35,13 +81,14 @@ pub struct FormatCount {
     pub count: i64,
 }
 
-/// An image of a dataset.
+/// One file of a dataset.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DatasetImage {
+    /// Its path in the upload (`archive.tar.gz/inner/path.png` for archive members): the
+    /// member's key.
+    pub path: String,
     /// blake3 of the bytes, hex.
     pub hash: String,
-    /// The file name it was uploaded under (first upload wins).
-    pub name: String,
     pub bytes: i64,
     pub width: i32,
     pub height: i32,
@@ -69,11 +116,17 @@ pub struct ImageMeta {
     pub format: String,
 }
 
+/// What adding a file under a path did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddOutcome {
+    /// A new member.
     Added,
-    /// The dataset already had these bytes.
+    /// A new member whose bytes the dataset already holds under another path.
     Duplicate,
+    /// The path already holds these bytes: nothing changed (a retried upload).
+    Unchanged,
+    /// The path holds other bytes: nothing changed.
+    Conflict { existing: [u8; 32] },
 }
 
 type DatasetRow = (
@@ -82,6 +135,8 @@ type DatasetRow = (
     Option<String>,
     String,
     Option<String>,
+    Option<JobId>,
+    i32,
     i32,
     i64,
     Option<String>,
@@ -89,8 +144,7 @@ type DatasetRow = (
     OffsetDateTime,
 );
 
-const DATASET_COLUMNS: &str =
-    "id, name, uri, status, error, image_count, total_bytes, content_hash, created_at, updated_at";
+const DATASET_COLUMNS: &str = "id, name, uri, status, error, ingest_job, image_count, unique_images, total_bytes, content_hash, created_at, updated_at";
 
 fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
     let (
@@ -99,7 +153,9 @@ fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
         uri,
         status,
         error,
+        ingest_job,
         image_count,
+        unique_images,
         total_bytes,
         content_hash,
         created_at,
@@ -109,9 +165,12 @@ fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
         id,
         name,
         uri,
-        status,
+        // The CHECK constraint admits only known values.
+        status: DatasetStatus::parse(&status).unwrap_or(DatasetStatus::Failed),
         error,
+        ingest_job,
         image_count: image_count as i64,
+        unique_images: unique_images as i64,
         total_bytes,
         content_hash,
         formats,
@@ -120,22 +179,30 @@ fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
     }
 }
 
+/// Creates a dataset; with `ingest_job`, it is `ingesting` until that job ends (the caller
+/// enqueues the job in the same transaction).
 pub async fn create_dataset(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     team: TeamId,
     name: &str,
     uri: Option<&str>,
-    status: &str,
+    ingest_job: Option<JobId>,
 ) -> sqlx::Result<Dataset> {
+    let status = if ingest_job.is_some() {
+        DatasetStatus::Ingesting
+    } else {
+        DatasetStatus::Ready
+    };
     let row: DatasetRow = sqlx::query_as(&format!(
-        "INSERT INTO datasets (id, team_id, name, uri, status) VALUES ($1, $2, $3, $4, $5) RETURNING {DATASET_COLUMNS}"
+        "INSERT INTO datasets (id, team_id, name, uri, status, ingest_job) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {DATASET_COLUMNS}"
     ))
     .bind(DatasetId::new())
     .bind(team)
     .bind(name)
     .bind(uri)
-    .bind(status)
-    .fetch_one(pool)
+    .bind(status.as_str())
+    .bind(ingest_job)
+    .fetch_one(conn)
     .await?;
     Ok(dataset(row, Vec::new()))
 }
@@ -201,12 +268,12 @@ pub(super) fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> S
     Page { items, next_cursor }
 }
 
-/// Images of a dataset of `team`, by hash; `None` when the dataset is not the team's.
+/// Files of a dataset of `team`, by path (bytewise); `None` when the dataset is not the team's.
 pub async fn list_dataset_images(
     pool: &PgPool,
     team: TeamId,
     id: DatasetId,
-    cursor: Option<Vec<u8>>,
+    cursor: Option<String>,
     limit: i64,
 ) -> sqlx::Result<Option<Page<DatasetImage>>> {
     let owned: Option<(DatasetId,)> =
@@ -219,9 +286,10 @@ pub async fn list_dataset_images(
         return Ok(None);
     }
     let rows: Vec<ImageRow> = sqlx::query_as(
-        "SELECT i.hash, d.original_name, i.bytes, i.width, i.height, i.format, d.added_at \
+        "SELECT i.hash, d.path, i.bytes, i.width, i.height, i.format, d.added_at \
          FROM dataset_images d JOIN images i ON i.hash = d.image_hash \
-         WHERE d.dataset_id = $1 AND ($2::bytea IS NULL OR d.image_hash > $2) ORDER BY d.image_hash LIMIT $3",
+         WHERE d.dataset_id = $1 AND ($2::text IS NULL OR d.path COLLATE \"C\" > $2 COLLATE \"C\") \
+         ORDER BY d.path COLLATE \"C\" LIMIT $3",
     )
     .bind(id)
     .bind(cursor)
@@ -231,8 +299,8 @@ pub async fn list_dataset_images(
     let items = rows
         .into_iter()
         .map(|r| DatasetImage {
+            path: r.path,
             hash: hex::encode(r.hash),
-            name: r.original_name,
             bytes: r.bytes,
             width: r.width,
             height: r.height,
@@ -240,13 +308,13 @@ pub async fn list_dataset_images(
             added_at: r.added_at,
         })
         .collect();
-    Ok(Some(page(items, limit, |i| i.hash.clone())))
+    Ok(Some(page(items, limit, |i| i.path.clone())))
 }
 
 #[derive(sqlx::FromRow)]
 struct ImageRow {
     hash: Vec<u8>,
-    original_name: String,
+    path: String,
     bytes: i64,
     width: i32,
     height: i32,
@@ -267,16 +335,31 @@ async fn lock_hash(tx: &mut sqlx::PgConnection, hash: &[u8; 32]) -> sqlx::Result
     Ok(())
 }
 
-/// Stores an image's bytes (once per content) and links it to the dataset.
-pub async fn add_image(
+/// Makes the file `bytes` the dataset's member at `path`, storing the bytes once per content.
+/// A path that already holds the same bytes is left alone (so a retried upload changes
+/// nothing); one that holds other bytes is a conflict.
+pub async fn add_member(
     pool: &PgPool,
     blobs: &Blobs,
     dataset: DatasetId,
+    path: &str,
     meta: &ImageMeta,
-    name: &str,
     bytes: Bytes,
 ) -> anyhow::Result<AddOutcome> {
     let mut tx = pool.begin().await?;
+    let existing: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT image_hash FROM dataset_images WHERE dataset_id = $1 AND path = $2")
+            .bind(dataset)
+            .bind(path)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((hash,)) = existing {
+        return Ok(match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(h) if h == meta.hash => AddOutcome::Unchanged,
+            Ok(existing) => AddOutcome::Conflict { existing },
+            Err(_) => AddOutcome::Conflict { existing: [0; 32] },
+        });
+    }
     lock_hash(&mut tx, &meta.hash).await?;
     let known: Option<(i64,)> = sqlx::query_as("SELECT bytes FROM images WHERE hash = $1")
         .bind(&meta.hash[..])
@@ -295,58 +378,56 @@ pub async fn add_image(
         .execute(&mut *tx)
         .await?;
     }
-    let linked = sqlx::query("INSERT INTO dataset_images (dataset_id, image_hash, original_name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(dataset)
-        .bind(&meta.hash[..])
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    let (held,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM dataset_images WHERE dataset_id = $1 AND image_hash = $2)",
+    )
+    .bind(dataset)
+    .bind(&meta.hash[..])
+    .fetch_one(&mut *tx)
+    .await?;
+    // A concurrent upload of the same path may have won since the check above.
+    let linked = sqlx::query(
+        "INSERT INTO dataset_images (dataset_id, image_hash, path) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(dataset)
+    .bind(&meta.hash[..])
+    .bind(path)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(if linked.rows_affected() == 1 {
-        AddOutcome::Added
-    } else {
+    Ok(if linked.rows_affected() == 0 {
+        AddOutcome::Unchanged
+    } else if held {
         AddOutcome::Duplicate
+    } else {
+        AddOutcome::Added
     })
 }
 
-/// Recomputes count, bytes and content hash after images were added.
+/// Recomputes counts, bytes and content hash after files were added.
 pub async fn refresh_dataset(pool: &PgPool, id: DatasetId) -> sqlx::Result<()> {
-    let hashes: Vec<(Vec<u8>, i64)> = sqlx::query_as(
-        "SELECT i.hash, i.bytes FROM dataset_images d JOIN images i ON i.hash = d.image_hash WHERE d.dataset_id = $1 ORDER BY i.hash",
+    let members: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT i.hash, i.bytes FROM dataset_images d JOIN images i ON i.hash = d.image_hash WHERE d.dataset_id = $1",
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let total: i64 = hashes.iter().map(|h| h.1).sum();
-    let content_hash = (!hashes.is_empty()).then(|| {
-        // Same definition as `gapmeter score` on a folder: blake3 over the sorted 32-byte hashes
-        // (bytea orders bytewise, as Rust sorts byte arrays).
-        let mut h = blake3::Hasher::new();
-        for (hash, _) in &hashes {
-            h.update(hash);
-        }
-        format!("blake3:{}", h.finalize().to_hex())
-    });
-    sqlx::query("UPDATE datasets SET image_count = $2, total_bytes = $3, content_hash = $4, updated_at = now() WHERE id = $1")
+    let total: i64 = members.iter().map(|h| h.1).sum();
+    let hashes: Vec<[u8; 32]> = members
+        .iter()
+        .filter_map(|(h, _)| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .collect();
+    let unique = hashes
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let content_hash = (!hashes.is_empty()).then(|| content::dataset_hash(hashes.iter().copied()));
+    sqlx::query("UPDATE datasets SET image_count = $2, unique_images = $3, total_bytes = $4, content_hash = $5, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(hashes.len() as i32)
+        .bind(unique as i32)
         .bind(total)
         .bind(content_hash)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-pub async fn set_dataset_status(
-    pool: &PgPool,
-    id: DatasetId,
-    status: &str,
-    error: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE datasets SET status = $2, error = $3, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status)
-        .bind(error)
         .execute(pool)
         .await?;
     Ok(())
@@ -363,7 +444,7 @@ pub async fn delete_dataset(
     let hashes: Vec<(Vec<u8>,)> = {
         let mut tx = pool.begin().await?;
         let images: Vec<(Vec<u8>,)> =
-            sqlx::query_as("SELECT image_hash FROM dataset_images WHERE dataset_id = $1")
+            sqlx::query_as("SELECT DISTINCT image_hash FROM dataset_images WHERE dataset_id = $1")
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -379,8 +460,9 @@ pub async fn delete_dataset(
         super::cache::forget_dataset(&mut tx, team, id, &images).await?;
         // The dataset's links went with it (ON DELETE CASCADE); find images now unreferenced.
         let orphans = sqlx::query_as(
-            "SELECT i.hash FROM images i WHERE NOT EXISTS (SELECT 1 FROM dataset_images d WHERE d.image_hash = i.hash)",
+            "SELECT i.hash FROM images i WHERE i.hash = ANY($1) AND NOT EXISTS (SELECT 1 FROM dataset_images d WHERE d.image_hash = i.hash)",
         )
+        .bind(&images)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -428,47 +510,51 @@ mod tests {
     }
 
     #[sqlx::test]
-    async fn images_are_deduplicated_and_blobs_collected_with_the_last_reference(pool: PgPool) {
+    async fn members_are_keyed_by_path_blobs_by_content(pool: PgPool) {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(&format!("file://{}", dir.path().display())).unwrap();
         let team = create_team(&pool, "t").await.unwrap().id;
-        let a = create_dataset(&pool, team, "a", None, "ready")
+        let mut conn = pool.acquire().await.unwrap();
+        let a = create_dataset(&mut conn, team, "a", None, None)
             .await
             .unwrap()
             .id;
-        let b = create_dataset(&pool, team, "b", None, "ready")
+        let b = create_dataset(&mut conn, team, "b", None, None)
             .await
             .unwrap()
             .id;
         let (m1, b1) = meta(1);
         let (m2, b2) = meta(2);
+        let add = |ds, m: &ImageMeta, path: &'static str, bytes: &Bytes| {
+            let (pool, blobs, m, bytes) = (&pool, &blobs, m.clone(), bytes.clone());
+            async move { add_member(pool, blobs, ds, path, &m, bytes).await.unwrap() }
+        };
+        assert_eq!(add(a, &m1, "x.png", &b1).await, AddOutcome::Added);
+        // The same bytes under another path are another member; under the same path, nothing.
+        assert_eq!(add(a, &m1, "y.png", &b1).await, AddOutcome::Duplicate);
+        assert_eq!(add(a, &m1, "y.png", &b1).await, AddOutcome::Unchanged);
         assert_eq!(
-            add_image(&pool, &blobs, a, &m1, "x.png", b1.clone())
-                .await
-                .unwrap(),
-            AddOutcome::Added
+            add(a, &m2, "x.png", &b2).await,
+            AddOutcome::Conflict { existing: m1.hash }
         );
-        assert_eq!(
-            add_image(&pool, &blobs, a, &m1, "y.png", b1.clone())
-                .await
-                .unwrap(),
-            AddOutcome::Duplicate
-        );
-        assert_eq!(
-            add_image(&pool, &blobs, b, &m1, "x.png", b1.clone())
-                .await
-                .unwrap(),
-            AddOutcome::Added
-        );
-        assert_eq!(
-            add_image(&pool, &blobs, b, &m2, "z.png", b2).await.unwrap(),
-            AddOutcome::Added
-        );
+        assert_eq!(add(b, &m1, "x.png", &b1).await, AddOutcome::Added);
+        assert_eq!(add(b, &m2, "z.png", &b2).await, AddOutcome::Added);
         refresh_dataset(&pool, a).await.unwrap();
         refresh_dataset(&pool, b).await.unwrap();
         let da = get_dataset(&pool, team, a).await.unwrap().unwrap();
-        assert_eq!((da.image_count, da.total_bytes), (1, 16));
-        assert_eq!(da.formats.len(), 1);
+        assert_eq!(
+            (da.image_count, da.unique_images, da.total_bytes),
+            (2, 1, 32)
+        );
+        assert_eq!(
+            da.content_hash.as_deref(),
+            Some(crate::content::dataset_hash([m1.hash, m1.hash]).as_str())
+        );
+        assert_eq!(da.formats[0].count, 2);
+        let snap = dataset_snapshot(&pool, team, a).await.unwrap().unwrap();
+        let paths: Vec<&str> = snap.images.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(paths, ["x.png", "y.png"]);
+        assert_eq!(snap.content_hash, da.content_hash);
         assert!(blobs.exists(&m1.hash).await.unwrap());
 
         // Deleting b removes only the image nobody else uses.
@@ -487,10 +573,16 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..5 {
             ids.push(
-                create_dataset(&pool, t1, &format!("d{i}"), None, "ready")
-                    .await
-                    .unwrap()
-                    .id,
+                create_dataset(
+                    &mut *pool.acquire().await.unwrap(),
+                    t1,
+                    &format!("d{i}"),
+                    None,
+                    None,
+                )
+                .await
+                .unwrap()
+                .id,
             );
         }
         assert!(get_dataset(&pool, t2, ids[0]).await.unwrap().is_none());
@@ -522,27 +614,43 @@ mod tests {
     }
 }
 
-/// A dataset's images at one moment: what a job scores, whatever is uploaded meanwhile.
+/// A file of a dataset snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub hash: [u8; 32],
+    pub path: String,
+}
+
+/// A dataset's files at one moment: what a job scores, whatever is uploaded meanwhile.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub id: DatasetId,
     pub name: String,
-    pub status: String,
-    /// (blake3, original name), ordered by name then hash — the order `gapmeter score` reads a
-    /// flat folder in, so row-order-dependent draws (KID subsets) agree.
-    pub images: Vec<([u8; 32], String)>,
-    /// blake3 over the sorted image hashes (as [`Dataset::content_hash`]); `None` when empty.
+    pub status: DatasetStatus,
+    /// Every file in the order `gapmeter score` reads a folder holding them (by path, folder by
+    /// folder; see [`content::folder_order`]), so row-order-dependent draws (KID subsets) agree.
+    pub images: Vec<Member>,
+    /// As [`Dataset::content_hash`]; `None` when empty.
     pub content_hash: Option<String>,
 }
 
-/// The images of a dataset of `team`, read in one statement; `None` when it is not the team's.
+impl Snapshot {
+    /// The content hashes of every file, sorted (duplicates kept).
+    pub fn sorted_hashes(&self) -> Vec<[u8; 32]> {
+        let mut h: Vec<[u8; 32]> = self.images.iter().map(|m| m.hash).collect();
+        h.sort_unstable();
+        h
+    }
+}
+
+/// The files of a dataset of `team`, read in one statement; `None` when it is not the team's.
 pub async fn dataset_snapshot(
     pool: &PgPool,
     team: TeamId,
     id: DatasetId,
 ) -> sqlx::Result<Option<Snapshot>> {
     let mut tx = pool.begin().await?;
-    // One snapshot for both reads, so the hash matches the image list.
+    // One snapshot for both reads, so the status matches the file list.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
@@ -555,30 +663,28 @@ pub async fn dataset_snapshot(
     let Some((name, status)) = head else {
         return Ok(None);
     };
-    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
-        "SELECT image_hash, original_name FROM dataset_images WHERE dataset_id = $1 ORDER BY original_name, image_hash",
-    )
-    .bind(id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<(Vec<u8>, String)> =
+        sqlx::query_as("SELECT image_hash, path FROM dataset_images WHERE dataset_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
     tx.commit().await?;
-    let images: Vec<([u8; 32], String)> = rows
+    let mut images: Vec<Member> = rows
         .into_iter()
-        .filter_map(|(h, n)| Some((<[u8; 32]>::try_from(h).ok()?, n)))
+        .filter_map(|(h, path)| {
+            Some(Member {
+                hash: <[u8; 32]>::try_from(h).ok()?,
+                path,
+            })
+        })
         .collect();
-    let content_hash = (!images.is_empty()).then(|| {
-        let mut sorted: Vec<&[u8; 32]> = images.iter().map(|(h, _)| h).collect();
-        sorted.sort();
-        let mut h = blake3::Hasher::new();
-        for x in sorted {
-            h.update(x);
-        }
-        format!("blake3:{}", h.finalize().to_hex())
-    });
+    images.sort_by(|a, b| content::folder_order(&a.path, &b.path));
+    let content_hash =
+        (!images.is_empty()).then(|| content::dataset_hash(images.iter().map(|m| m.hash)));
     Ok(Some(Snapshot {
         id,
         name,
-        status,
+        status: DatasetStatus::parse(&status).unwrap_or(DatasetStatus::Failed),
         images,
         content_hash,
     }))

@@ -1,11 +1,12 @@
-//! Workers: claim jobs from the PostgreSQL queue, run them (datasets → cached or extracted
-//! features → metrics) and write the result under the lease's fencing token. Any number of
-//! worker processes on any hosts share one database and blob store (`gapmeter worker`);
-//! `gapmeter serve` also runs one in-process.
+//! Workers: claim jobs from the PostgreSQL queue, run them (score and matrix: datasets → cached
+//! or extracted features → metrics; ingest: a dataset URI → the dataset's files) and write the
+//! result under the lease's fencing token. Any number of worker processes on any hosts share one
+//! database and blob store (`gapmeter worker`); `gapmeter serve` also runs one in-process.
 
+mod ingest;
 mod models;
+mod plan;
 mod run;
-pub mod spec;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,16 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 pub use models::Models;
-pub use run::Work;
-pub use spec::{JobKind, JobSpec, MatrixRequest, Parameters, ScoreRequest};
 
-use crate::config::Config;
+use crate::config::{Config, IngestConfig, Limits};
 use crate::features::{DeviceSpec, Registry};
+use crate::jobs::{JobKind, Work};
 use crate::store::{self, Blobs, Claimed, Lease, LeaseError, Outcome};
 
 /// How a worker runs.
@@ -37,6 +36,9 @@ pub struct WorkerOptions {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub share_cache: bool,
+    /// Per-file limits of ingest jobs (as for uploads).
+    pub limits: Limits,
+    pub ingest: IngestConfig,
 }
 
 impl WorkerOptions {
@@ -53,6 +55,8 @@ impl WorkerOptions {
             backoff_base: Duration::from_millis(q.backoff_base_ms),
             backoff_max: Duration::from_millis(q.backoff_max_ms),
             share_cache: config.cache.share_across_teams,
+            limits: config.limits.clone(),
+            ingest: config.ingest.clone(),
         })
     }
 
@@ -171,16 +175,10 @@ impl Worker {
         tracing::info!(worker = %this.id, device = %this.options.device, concurrency = this.options.concurrency, "worker started");
         let slots = Arc::new(Semaphore::new(this.options.concurrency));
         let mut running: Vec<Arc<Control>> = Vec::new();
-        let mut listener = match PgListener::connect_with(&this.pool).await {
-            Ok(mut l) => match l.listen(store::CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; polling only");
-                    None
-                }
-            },
+        let mut listener = match store::listen(&this.pool, store::CHANNEL).await {
+            Ok(l) => Some(l),
             Err(e) => {
-                tracing::warn!(error = %e, "no listener connection; polling only");
+                tracing::warn!(error = %e, "LISTEN failed; polling only");
                 None
             }
         };
@@ -252,41 +250,47 @@ impl Worker {
             self.options.heartbeat,
             control.clone(),
         ));
-        let ctx = run::JobContext {
-            pool: self.pool.clone(),
-            blobs: self.blobs.clone(),
-            registry: self.registry.clone(),
-            models: self.models.clone(),
-            options: self.options.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            control: control.clone(),
-            lease,
-            team: job.team,
+        let (result, work) = match job.kind {
+            JobKind::Ingest => {
+                let (result, work) =
+                    ingest::run(&self.pool, &self.blobs, &self.options, &job, &control).await;
+                (result, serde_json::to_value(work).unwrap_or_default())
+            }
+            JobKind::Score | JobKind::Matrix => {
+                let ctx = run::JobContext {
+                    pool: self.pool.clone(),
+                    blobs: self.blobs.clone(),
+                    registry: self.registry.clone(),
+                    models: self.models.clone(),
+                    options: self.options.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                    control: control.clone(),
+                    lease,
+                    team: job.team,
+                };
+                let spec = job.spec.clone();
+                // Extraction and metrics are CPU-bound: off the async runtime's threads.
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let mut work = Work::default();
+                    let result = run::run(&ctx, spec, &mut work);
+                    (result, work)
+                })
+                .await;
+                let (result, work) = match outcome {
+                    Ok(r) => r,
+                    Err(e) => (
+                        Err(JobError::Retry(anyhow::anyhow!("the job panicked: {e}"))),
+                        Work::default(),
+                    ),
+                };
+                (result, serde_json::to_value(work).unwrap_or_default())
+            }
         };
-        let spec = job.spec.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut work = Work::default();
-            let result = run::run(&ctx, spec, &mut work);
-            (result, work)
-        })
-        .await;
         heartbeat.abort();
-        let (result, work) = match outcome {
-            Ok(r) => r,
-            Err(e) => (
-                Err(JobError::Retry(anyhow::anyhow!("the job panicked: {e}"))),
-                Work::default(),
-            ),
-        };
         let outcome = match result {
             Ok(value) => Outcome::Succeeded { result: value },
             Err(JobError::Fatal(e)) => Outcome::Failed {
-                problem: serde_json::json!({
-                    "type": "/problems/job-failed",
-                    "title": "Job failed",
-                    "status": 422,
-                    "detail": format!("{e:#}"),
-                }),
+                detail: format!("{e:#}"),
             },
             Err(JobError::Retry(e)) => {
                 tracing::warn!(error = format!("{e:#}"), "attempt failed");
@@ -302,7 +306,6 @@ impl Worker {
                 return;
             }
         };
-        let work = serde_json::to_value(&work).unwrap_or_default();
         match store::finish(&self.pool, lease, &outcome, &work).await {
             Ok(status) => tracing::info!(status = status.as_str(), "job finished"),
             Err(LeaseError::Lost(..)) => tracing::warn!("result refused: the lease was lost"),

@@ -1,48 +1,31 @@
 //! One attempt at a job: snapshot the datasets, answer from the result cache if possible, else
 //! gather per-image outputs (cached, or extracted with images decoded on a CPU pool ahead of the
 //! model) and compute the metrics with the same code `gapmeter score` runs.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use anyhow::anyhow;
 use rayon::prelude::*;
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::spec::{has_output, JobKind, JobSpec};
+use super::plan::{self, StatsPlan};
 use super::{Control, JobError, Models, WorkerOptions};
 use crate::features::{Manifest, Registry};
 use crate::imaging::Prepared;
+use crate::jobs::{self, has_output, JobKind, JobSpec, Work};
 use crate::metrics::{FeatureStats, Features, StyleSet};
 use crate::score::{
     self, load_one, ExtractorInfo, LoadedSet, MetricName, SetData, SetProvenance, Skipped,
     LOGITS_OUTPUT, STYLE_OUTPUT,
 };
-use crate::store::{self, Blobs, CacheScope, Dtype, Lease, Progress, Snapshot, TeamId};
+use crate::store::{
+    self, Blobs, CacheScope, DatasetStatus, Dtype, Lease, Progress, Snapshot, TeamId,
+};
 
 /// Cache tap of the per-image style covariances (computed from the `early` output, float64).
 const STYLE_TAP: &str = "early.cov";
-
-/// What an attempt reused and computed: the proof that caches work.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Work {
-    /// The whole result came from the result cache.
-    pub result_cache_hit: bool,
-    /// Datasets whose statistics came from the statistics cache.
-    pub statistics_cache_hits: u64,
-    /// Datasets whose statistics were their cached checkpoint merged with the images added since.
-    pub statistics_merged: u64,
-    /// Images whose outputs came from the feature cache.
-    pub feature_cache_hits: u64,
-    /// Images run through the model.
-    pub images_extracted: u64,
-    /// Images that could not be decoded (left out, with a warning).
-    pub images_skipped: u64,
-    /// Whether this attempt needed a model at all.
-    pub model_loaded: bool,
-}
 
 pub(crate) struct JobContext {
     pub pool: PgPool,
@@ -63,6 +46,7 @@ impl JobContext {
             phase: phase.to_string(),
             done: done as i64,
             total: total as i64,
+            counts: None,
         };
         self.runtime
             .block_on(store::report_progress(&self.pool, self.lease, &p))?;
@@ -94,6 +78,9 @@ struct Rows {
 pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Value, JobError> {
     let spec: JobSpec =
         serde_json::from_value(spec).map_err(|e| fatal(anyhow!("unreadable job spec: {e}")))?;
+    if spec.kind == JobKind::Ingest {
+        return Err(fatal(anyhow!("an ingest job has no metrics to compute")));
+    }
     let manifest = ctx
         .registry
         .get(&spec.extractor)
@@ -119,13 +106,14 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         .iter()
         .map(|s| s.content_hash.as_deref().unwrap_or(""))
         .collect();
-    let key = spec.result_key(&contents, &extractor_key);
     let scope = ctx.scope();
-    if let Some(hit) = ctx
+    let (key, hit) = ctx
         .runtime
-        .block_on(store::cached_result(&ctx.pool, scope, &key))
-        .map_err(retry)?
-    {
+        .block_on(jobs::cached_result(
+            &ctx.pool, scope, &spec, &contents, &manifest,
+        ))
+        .map_err(retry)?;
+    if let Some(hit) = hit {
         work.result_cache_hit = true;
         return Ok(hit);
     }
@@ -153,20 +141,16 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
             let want_logits = spec.metrics.contains(&MetricName::Is);
             let want_style = spec.metrics.contains(&MetricName::Style);
             let mut rows = gather(ctx, &manifest, &snaps, want_logits, want_style, work)?;
-            // Each image's rows move into the last set that uses them (copies for the others),
-            // so the rows and the matrices are not both held in full.
-            let last_use: HashMap<[u8; 32], usize> = snaps
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| s.images.iter().map(move |(h, _)| (*h, i)))
-                .collect();
+            // Each image's rows move into the set at its last occurrence (copies elsewhere), so
+            // the rows and the matrices are not both held in full.
+            let last_use = plan::last_uses(&snaps);
             let mut sets = Vec::with_capacity(snaps.len());
             for (i, (snap, role)) in snaps.iter().zip(&roles).enumerate() {
                 let set = loaded_set(
                     snap,
                     role,
                     &mut rows,
-                    |h| last_use.get(h) == Some(&i),
+                    |h, j| last_use.get(h) == Some(&(i, j)),
                     want_logits,
                     want_style,
                 )?;
@@ -195,6 +179,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
                 .map_err(|e| stopped_or(ctx, e))?;
             serde_json::to_value(report)
         }
+        JobKind::Ingest => return Err(fatal(anyhow!("an ingest job has no metrics to compute"))),
     }
     .map_err(fatal)?;
     ctx.progress("metrics", 1, 1)?;
@@ -222,7 +207,7 @@ fn stopped_or(ctx: &JobContext, e: anyhow::Error) -> JobError {
 fn roles(spec: &JobSpec) -> Vec<String> {
     match spec.kind {
         JobKind::Score => vec!["source".into(), "target".into()],
-        JobKind::Matrix => (1..=spec.datasets.len())
+        JobKind::Matrix | JobKind::Ingest => (1..=spec.datasets.len())
             .map(|i| format!("set {i}"))
             .collect(),
     }
@@ -238,20 +223,14 @@ fn snapshots(ctx: &JobContext, spec: &JobSpec) -> Result<Vec<Snapshot>, JobError
             .block_on(store::dataset_snapshot(&ctx.pool, ctx.team, id))
             .map_err(retry)?
             .ok_or_else(|| fatal(anyhow!("dataset {id} does not exist (it was deleted?)")))?;
-        match snap.status.as_str() {
-            "ingesting" => {
-                return Err(retry(anyhow!(
-                    "dataset {:?} ({id}) is still ingesting",
-                    snap.name
-                )))
-            }
-            "failed" => {
-                return Err(fatal(anyhow!(
-                    "dataset {:?} ({id}) failed to ingest",
-                    snap.name
-                )))
-            }
-            _ => {}
+        // The API refuses datasets that are not ready; this catches a dataset whose state
+        // changed since (it was deleted and recreated, say).
+        if snap.status != DatasetStatus::Ready {
+            return Err(fatal(anyhow!(
+                "dataset {:?} ({id}) is {}, not ready",
+                snap.name,
+                snap.status
+            )));
         }
         if snap.images.is_empty() {
             return Err(fatal(anyhow!(
@@ -275,21 +254,6 @@ fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> S
     }
 }
 
-/// How one dataset's statistics are obtained on the statistics route.
-enum StatsPlan {
-    /// The statistics cache has this content's statistics.
-    Cached(FeatureStats),
-    /// The dataset's checkpoint covers all but the images of this partial snapshot: read or
-    /// extract only those, and merge.
-    Extend(FeatureStats, Snapshot),
-}
-
-fn sorted_hashes(snap: &Snapshot) -> Vec<[u8; 32]> {
-    let mut h: Vec<[u8; 32]> = snap.images.iter().map(|(h, _)| *h).collect();
-    h.sort();
-    h
-}
-
 /// FID from dataset statistics: cached for this content, or the dataset's checkpoint extended by
 /// only the images added since (Chan's merge). Used when each set has more samples than
 /// dimensions, where `gapmeter score` takes the same (statistics) route. `None`: go through every
@@ -307,45 +271,28 @@ fn statistics_route(
     let mut plans = Vec::with_capacity(snaps.len());
     for snap in snaps {
         let hash = snap.content_hash.as_deref().unwrap_or("");
-        let cached = ctx
+        let (cached, checkpoint) = ctx
             .runtime
-            .block_on(store::cached_stats(&ctx.pool, scope, &key, tap, hash))
+            .block_on(async {
+                let cached = store::cached_stats(&ctx.pool, scope, &key, tap, hash).await?;
+                let checkpoint =
+                    store::stats_checkpoint(&ctx.pool, scope, snap.id, &key, tap).await?;
+                anyhow::Ok((cached, checkpoint))
+            })
             .map_err(retry)?;
-        if let Some(stats) = cached.filter(|s| s.n() as usize > s.dim()) {
-            plans.push(StatsPlan::Cached(stats));
-            continue;
+        match plan::plan_statistics(snap, cached, checkpoint) {
+            Some(p) => plans.push(p),
+            None => return Ok(None),
         }
-        let checkpoint = ctx
-            .runtime
-            .block_on(store::stats_checkpoint(
-                &ctx.pool, scope, snap.id, &key, tap,
-            ))
-            .map_err(retry)?;
-        let Some(cp) = checkpoint else {
-            return Ok(None);
-        };
-        let Some(missing) = cp.missing_from(&sorted_hashes(snap)) else {
-            return Ok(None);
-        };
-        if cp.stats.n() as usize + missing.len() <= cp.stats.dim() {
-            return Ok(None);
-        }
-        let missing: HashSet<[u8; 32]> = missing.into_iter().collect();
-        let partial = Snapshot {
-            images: snap
-                .images
-                .iter()
-                .filter(|(h, _)| missing.contains(h))
-                .cloned()
-                .collect(),
-            ..snap.clone()
-        };
-        plans.push(StatsPlan::Extend(cp.stats, partial));
     }
     let partials: Vec<Snapshot> = plans
         .iter()
-        .filter_map(|p| match p {
-            StatsPlan::Extend(_, partial) if !partial.images.is_empty() => Some(partial.clone()),
+        .zip(snaps)
+        .filter_map(|(p, snap)| match p {
+            StatsPlan::Extend(_, members) if !members.is_empty() => Some(Snapshot {
+                images: members.clone(),
+                ..snap.clone()
+            }),
             _ => None,
         })
         .collect();
@@ -362,22 +309,22 @@ fn statistics_route(
                 work.statistics_cache_hits += 1;
                 (stats, Vec::new())
             }
-            StatsPlan::Extend(base, partial) => {
+            StatsPlan::Extend(base, members) => {
                 let mut data = Vec::new();
                 let mut skipped = Vec::new();
-                for (hash, name) in &partial.images {
-                    match rows.get(hash) {
+                for m in &members {
+                    match rows.get(&m.hash) {
                         Some(r) => data.extend_from_slice(&r.feature),
                         None => skipped.push(Skipped {
-                            path: name.clone(),
+                            path: m.path.clone(),
                             reason: skipped_reasons
-                                .get(hash)
+                                .get(&m.hash)
                                 .cloned()
                                 .unwrap_or_else(|| "no features (not extracted)".into()),
                         }),
                     }
                 }
-                let added = partial.images.len() - skipped.len();
+                let added = members.len() - skipped.len();
                 let new = Features::from_shape_vec((added, base.dim()), data).map_err(fatal)?;
                 let stats = base
                     .merge(&FeatureStats::from_features(new.view()).map_err(fatal)?)
@@ -425,7 +372,7 @@ fn remember(ctx: &JobContext, snap: &Snapshot, key: &str, tap: &str, stats: &Fea
             snap.id,
             key,
             tap,
-            &sorted_hashes(snap),
+            &snap.sorted_hashes(),
             stats,
         )
         .await
@@ -468,12 +415,7 @@ fn gather(
     want_style: bool,
     work: &mut Work,
 ) -> Result<Gathered, JobError> {
-    let mut seen = HashSet::new();
-    let all: Vec<[u8; 32]> = snaps
-        .iter()
-        .flat_map(|s| s.images.iter().map(|(h, _)| *h))
-        .filter(|h| seen.insert(*h))
-        .collect();
+    let all = plan::distinct_images(snaps);
     let key = manifest.cache_key();
     let scope = ctx.scope();
     let lookup = |tap: &str, dtype: Dtype| {
@@ -492,15 +434,11 @@ fn gather(
     } else {
         HashMap::new()
     };
-    let missing: Vec<[u8; 32]> = all
-        .iter()
-        .filter(|h| {
-            !features.contains_key(*h)
-                || (want_logits && !logits.contains_key(*h))
-                || (want_style && !styles.contains_key(*h))
-        })
-        .copied()
-        .collect();
+    let missing = plan::to_extract(&all, |h| {
+        features.contains_key(h)
+            && (!want_logits || logits.contains_key(h))
+            && (!want_style || styles.contains_key(h))
+    });
     work.feature_cache_hits = (all.len() - missing.len()) as u64;
     let (mut extracted, skipped) = if missing.is_empty() {
         (HashMap::new(), HashMap::new())
@@ -674,12 +612,12 @@ fn store_batch(
 }
 
 /// A dataset's rows in snapshot order, as `gapmeter score` would have read its folder. Rows for
-/// which `last` holds are taken out of `gathered` (no later set needs them).
+/// which `last(hash, position)` holds are taken out of `gathered` (nothing later needs them).
 fn loaded_set(
     snap: &Snapshot,
     role: &str,
     (rows, skipped_reasons): &mut Gathered,
-    last: impl Fn(&[u8; 32]) -> bool,
+    last: impl Fn(&[u8; 32], usize) -> bool,
     want_logits: bool,
     want_style: bool,
 ) -> Result<LoadedSet, JobError> {
@@ -690,9 +628,10 @@ fn loaded_set(
     let mut logit_data = Vec::new();
     let mut style = want_style.then(|| StyleSet::new(0));
     let (mut dim, mut logit_dim) = (0, 0);
-    for (hash, name) in &snap.images {
+    for (position, member) in snap.images.iter().enumerate() {
+        let (hash, name) = (&member.hash, &member.path);
         let taken;
-        let r = if last(hash) {
+        let r = if last(hash, position) {
             taken = rows.remove(hash);
             taken.as_ref()
         } else {

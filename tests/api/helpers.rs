@@ -158,6 +158,39 @@ impl TestApp {
             .to_string()
     }
 
+    /// Creates a dataset from `uri` and, when the request is accepted (202), waits for its ingest
+    /// job to end. Returns the status, the dataset as it is now (or the problem) and the job.
+    pub async fn ingest(&self, key: &str, name: &str, uri: &str) -> (u16, Value, Option<Value>) {
+        let resp = self
+            .post_json("/v1/datasets", key, &json!({ "name": name, "uri": uri }))
+            .await;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if status != 202 {
+            return (status, body, None);
+        }
+        let job_path = format!("/v1/jobs/{}", body["ingest_job"].as_str().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let job = loop {
+            let job = self.get_json(&job_path, key).await;
+            if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+                break job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ingest did not end: {job}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let ds = self
+            .get_json(
+                &format!("/v1/datasets/{}", body["id"].as_str().unwrap()),
+                key,
+            )
+            .await;
+        (status, ds, Some(job))
+    }
+
     /// Uploads named byte blobs as one multipart request.
     pub async fn upload(
         &self,

@@ -832,7 +832,7 @@ async fn fid_from_cached_statistics_needs_no_features_and_caches_are_per_team(po
     );
     // Not bit-identical: the ten new images went through the model as batches of 8 and 2, and a
     // float32 forward pass rounds differently with the batch shape; 150 samples in 128
-    // dimensions make this FID ill-conditioned enough to show it. DESIGN §4's tolerance. The
+    // dimensions make this FID ill-conditioned enough to show it. docs/metrics.md's tolerance. The
     // measured gap is printed (`cargo test --test api -- --nocapture fid_from_cached`).
     eprintln!(
         "merged FID {y} vs from scratch {x}: {:.1e} relative",

@@ -2,8 +2,9 @@
 mod client;
 mod helpers;
 mod jobs;
+mod truth;
 
-use helpers::{folder, png, root, spawn, spawn_with, tar_gz, zip};
+use helpers::{folder, png, root, spawn, spawn_jobs, spawn_with, tar_gz, zip};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -17,7 +18,7 @@ fn count(v: &Value, outcome: &str) -> usize {
 }
 
 #[sqlx::test]
-async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(pool: PgPool) {
+async fn uploads_as_multipart_tar_gz_and_zip_count_every_file_and_reject_bad_files(pool: PgPool) {
     let app = spawn_with(pool, &[("GAPMETER_LIMITS__IMAGE_PIXELS", "40000")]).await;
     let (_, key) = app.team("vision").await;
     let ds = app.dataset(&key, "renders").await;
@@ -65,7 +66,8 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
         reason("huge.png")
     );
 
-    // B as a tar.gz, then A and B again in a zip: everything there is a duplicate.
+    // B as a tar.gz, then A and B again in a zip: new members (new paths) whose bytes the
+    // dataset already holds, reported as duplicates and counted like any file.
     let v: Value = app
         .upload(&key, &ds, vec![("b.tar.gz".into(), tar_gz(&b))])
         .await
@@ -93,11 +95,13 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
         (0, 48),
         "{v:#}"
     );
-    assert_eq!(v["dataset"]["image_count"], 48);
+    assert_eq!(v["dataset"]["image_count"], 96);
 
-    // The dataset summary, and a content hash equal to `gapmeter score`'s for the same images.
+    // The dataset summary, and a content hash equal to `gapmeter score`'s for a folder holding
+    // the same files (each content twice).
     let d: Value = app.get_json(&format!("/v1/datasets/{ds}"), &key).await;
-    assert_eq!(d["image_count"], 48);
+    assert_eq!(d["image_count"], 96);
+    assert_eq!(d["unique_images"], 48);
     let formats: Vec<(String, i64)> = d["formats"]
         .as_array()
         .unwrap()
@@ -111,27 +115,33 @@ async fn uploads_as_multipart_tar_gz_and_zip_deduplicate_and_reject_bad_files(po
         .collect();
     assert_eq!(
         formats,
-        vec![("jpeg".into(), 16), ("png".into(), 16), ("webp".into(), 16)]
+        vec![("jpeg".into(), 32), ("png".into(), 32), ("webp".into(), 32)]
     );
-    let mut hashes: Vec<blake3::Hash> = both.iter().map(|(_, b)| blake3::hash(b)).collect();
+    let hashes: Vec<[u8; 32]> = both
+        .iter()
+        .chain(&both)
+        .map(|(_, b)| gapmeter::content::image_hash(b))
+        .collect();
     assert_eq!(
         d["content_hash"].as_str().unwrap(),
-        gapmeter::score::dataset_hash(&mut hashes)
+        gapmeter::content::dataset_hash(hashes)
     );
 
-    // Images page through by hash.
+    // Files page through by path.
     let p1: Value = app
-        .get_json(&format!("/v1/datasets/{ds}/images?limit=30"), &key)
+        .get_json(&format!("/v1/datasets/{ds}/images?limit=60"), &key)
         .await;
-    assert_eq!(p1["items"].as_array().unwrap().len(), 30);
-    let cursor = p1["next_cursor"].as_str().unwrap();
+    assert_eq!(p1["items"].as_array().unwrap().len(), 60);
+    let cursor: String =
+        url::form_urlencoded::byte_serialize(p1["next_cursor"].as_str().unwrap().as_bytes())
+            .collect();
     let p2: Value = app
         .get_json(
-            &format!("/v1/datasets/{ds}/images?limit=30&cursor={cursor}"),
+            &format!("/v1/datasets/{ds}/images?limit=60&cursor={cursor}"),
             &key,
         )
         .await;
-    assert_eq!(p2["items"].as_array().unwrap().len(), 18);
+    assert_eq!(p2["items"].as_array().unwrap().len(), 36);
     assert!(p2["next_cursor"].is_null());
 }
 
@@ -327,24 +337,26 @@ async fn file_uris_only_under_allowed_roots_and_never_through_symlinks(pool: PgP
     )
     .unwrap();
     let roots = format!("[\"{}\"]", allowed.path().display());
-    let app = spawn_with(pool, &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())]).await;
+    let app = spawn_jobs(
+        pool,
+        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
+        true,
+    )
+    .await;
     let (_, key) = app.team("t").await;
-    let create = |uri: String| {
-        app.client
-            .post(app.url("/v1/datasets"))
-            .bearer_auth(&key)
-            .json(&json!({ "name": "from-uri", "uri": uri }))
-            .send()
-    };
 
-    let r = create(format!("file://{}", allowed.path().display()))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
+    let (status, v, job) = app
+        .ingest(
+            &key,
+            "from-uri",
+            &format!("file://{}", allowed.path().display()),
+        )
+        .await;
+    assert_eq!(status, 202);
     assert_eq!(v["image_count"], 1, "{v:#}");
     assert_eq!(v["status"], "ready");
-    let link = v["ingest"]["files"]
+    let job = job.unwrap();
+    let link = job["result"]["files"]
         .as_array()
         .unwrap()
         .iter()
@@ -353,6 +365,9 @@ async fn file_uris_only_under_allowed_roots_and_never_through_symlinks(pool: PgP
         .clone();
     assert_eq!(link["outcome"], "rejected");
 
+    // Refused before anything is created: outside the roots (also by `..`), loopback HTTP (no
+    // reaching the instance's own network), object stores unless configured (their SDKs would
+    // probe instance metadata).
     for uri in [
         format!("file://{}", outside.path().display()),
         format!(
@@ -360,20 +375,37 @@ async fn file_uris_only_under_allowed_roots_and_never_through_symlinks(pool: PgP
             allowed.path().display(),
             outside.path().file_name().unwrap().to_string_lossy()
         ),
+        "http://127.0.0.1:9/x.png".into(),
+        "s3://bucket/prefix".into(),
     ] {
-        let r = create(uri.clone()).await.unwrap();
-        assert_eq!(r.status(), 403, "{uri}");
+        let (status, p, _) = app.ingest(&key, "refused", &uri).await;
+        assert_eq!(status, 403, "{uri}: {p}");
     }
-    // Loopback HTTP is refused by default (no reaching the instance's own network).
-    let r = create("http://127.0.0.1:9/x.png".into()).await.unwrap();
-    assert_eq!(r.status(), 403);
-    // Object stores are off unless configured (their SDKs would probe instance metadata).
-    let r = create("s3://bucket/prefix".into()).await.unwrap();
-    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap_or_default());
+    // A symlink under the roots that points out is only found where the files are read: the job
+    // refuses it, and the dataset says why.
+    let (status, v, job) = app
+        .ingest(
+            &key,
+            "through-link",
+            &format!("file://{}/link.png", allowed.path().display()),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(job.unwrap()["status"], "failed");
+    assert_eq!(v["status"], "failed");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the allowed roots"),
+        "{v}"
+    );
     for bad in ["ftp://example/x", "file:///tmp/\u{0}x", ""] {
-        let r = create(bad.to_string()).await.unwrap();
-        assert_eq!(r.status(), 422, "{bad:?}");
+        let (status, _, _) = app.ingest(&key, "bad", bad).await;
+        assert_eq!(status, 422, "{bad:?}");
     }
+    let list: Value = app.get_json("/v1/datasets", &key).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
 }
 
 #[sqlx::test]
@@ -440,33 +472,32 @@ async fn http_uris_fetch_an_image_or_an_archive(pool: PgPool) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, server).await.unwrap() });
 
-    let app = spawn_with(
+    let app = spawn_jobs(
         pool,
         &[("GAPMETER_INGEST__ALLOW_PRIVATE_ADDRESSES", "true")],
+        true,
     )
     .await;
     let (_, key) = app.team("t").await;
     for (path, count) in [("set.tar.gz", 3), ("one.png", 1)] {
-        let r = app
-            .post_json(
-                "/v1/datasets",
-                &key,
-                &json!({ "name": path, "uri": format!("http://127.0.0.1:{port}/{path}") }),
-            )
+        let (status, v, _) = app
+            .ingest(&key, path, &format!("http://127.0.0.1:{port}/{path}"))
             .await;
-        assert_eq!(r.status(), 201);
-        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, 202);
+        assert_eq!(v["status"], "ready", "{v:#}");
         assert_eq!(v["image_count"], count, "{v:#}");
     }
-    let r = app
-        .post_json(
-            "/v1/datasets",
+    // A source that answers 404: retried, then the dataset is `failed` with the reason.
+    let (status, v, job) = app
+        .ingest(
             &key,
-            &json!({ "name": "missing", "uri": format!("http://127.0.0.1:{port}/nope.png") }),
+            "missing",
+            &format!("http://127.0.0.1:{port}/nope.png"),
         )
         .await;
-    assert_eq!(r.status(), 422);
-    // A failed ingest leaves no empty dataset behind.
-    let list: Value = app.get_json("/v1/datasets", &key).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(status, 202);
+    assert_eq!(job.unwrap()["status"], "dead");
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["image_count"], 0);
+    assert!(v["error"].as_str().unwrap().contains("404"), "{v}");
 }

@@ -1,17 +1,15 @@
 //! What a job runs: the request bodies of `POST /v1/jobs` and `POST /v1/matrix`, and the
 //! normalised [`JobSpec`] (every default filled in) that is stored with the job, hashed for
-//! idempotency keys and turned into the same [`ScoreOptions`] `gapmeter score` uses.
+//! idempotency keys and turned into the same [`ScoreOptions`] `gapmeter score` uses; and the
+//! [`IngestSpec`] of a dataset created from a URI.
 use serde::{Deserialize, Serialize};
 
-use crate::features::{DeviceSpec, Manifest, Registry};
+use crate::features::{resolve_extractor, DeviceSpec, Manifest, Naming, Registry};
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
 use crate::score::{self, MetricName, MetricParams, ScoreOptions};
-use crate::store::DatasetId;
-
-/// Tried in order when a request names no extractor (as `gapmeter score`).
-pub const DEFAULT_EXTRACTORS: &[&str] = &["inception-v3-fid", "inception-v3-fid-untrained"];
+use crate::store::{DatasetId, JobKind};
 
 /// `POST /v1/jobs`: score `source` against `target`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -195,27 +193,11 @@ impl Default for PrdcOptions {
     }
 }
 
-/// `score` (two datasets) or `matrix` (two or more).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Score,
-    Matrix,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Score => "score",
-            JobKind::Matrix => "matrix",
-        }
-    }
-}
-
 /// A request with every default resolved: what is stored, hashed and run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    /// [`JobKind::Score`] or [`JobKind::Matrix`].
     pub kind: JobKind,
     /// `[source, target]` for a score.
     pub datasets: Vec<DatasetId>,
@@ -242,7 +224,7 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 impl JobSpec {
     /// Validates a score request and fills in its defaults; also returns the extractor's manifest.
     pub fn score(req: ScoreRequest, registry: &Registry) -> Result<(Self, Manifest), Invalid> {
-        let manifest = resolve_extractor(req.extractor.as_deref(), registry)?;
+        let manifest = extractor(req.extractor.as_deref(), registry)?;
         let spec = Self {
             kind: JobKind::Score,
             datasets: vec![req.source, req.target],
@@ -268,7 +250,7 @@ impl JobSpec {
         }
         let metrics = resolve_metrics(req.metrics.as_deref())?;
         score::check_symmetric(&metrics).map_err(|e| invalid(e.to_string()))?;
-        let manifest = resolve_extractor(req.extractor.as_deref(), registry)?;
+        let manifest = extractor(req.extractor.as_deref(), registry)?;
         let spec = Self {
             kind: JobKind::Matrix,
             datasets: req.datasets,
@@ -420,29 +402,24 @@ fn resolve_metrics(requested: Option<&[MetricName]>) -> Result<Vec<MetricName>, 
     score::image_metrics(requested).map_err(|e| invalid(e.to_string()))
 }
 
-/// A registered extractor by id (never a path: a request must not make the service read
-/// arbitrary files).
-fn resolve_extractor(requested: Option<&str>, registry: &Registry) -> Result<Manifest, Invalid> {
-    match requested {
-        Some(id) => {
-            let ok = !id.is_empty()
-                && id.len() <= 100
-                && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                && !id.starts_with('.');
-            if !ok {
-                return Err(invalid(format!("{id:?} is not an extractor id")));
-            }
-            registry.get(id).map_err(|e| invalid(e.to_string()))
-        }
-        None => DEFAULT_EXTRACTORS
-            .iter()
-            .find_map(|id| registry.get(id).ok())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "no default extractor is installed in {} (run `make models` or scripts/export_models.py) — name one with `extractor`",
-                    registry.dir().display()
-                ))
-            }),
+/// A registered extractor by id, never a path (see [`Naming::IdOnly`]).
+fn extractor(requested: Option<&str>, registry: &Registry) -> Result<Manifest, Invalid> {
+    resolve_extractor(requested, registry, Naming::IdOnly).map_err(|e| invalid(e.to_string()))
+}
+
+/// The job that fills a dataset created with a `uri`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSpec {
+    pub dataset: DatasetId,
+    pub uri: String,
+}
+
+impl IngestSpec {
+    /// Identifies the request for idempotency keys.
+    pub fn request_hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        blake3::hash(&json).to_hex().to_string()
     }
 }
 
