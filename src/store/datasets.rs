@@ -574,7 +574,7 @@ mod tests {
         for i in 0..5 {
             ids.push(
                 create_dataset(
-                    &mut *pool.acquire().await.unwrap(),
+                    &mut pool.acquire().await.unwrap(),
                     t1,
                     &format!("d{i}"),
                     None,

@@ -294,7 +294,7 @@ pub enum Enqueued {
 /// writes do) and wakes the workers when the transaction commits.
 #[tracing::instrument(skip_all, fields(team = %job.team, kind = %job.kind))]
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> sqlx::Result<Enqueued> {
-    let id = job.id.unwrap_or_else(JobId::new);
+    let id = job.id.unwrap_or_default();
     let (status, phase, result, work) = match &job.finished {
         Some(f) => (
             "succeeded",
