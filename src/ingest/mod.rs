@@ -10,4 +10,4 @@ pub use upload::{
     archive_kind, looks_like_archive, verify_image, ArchiveKind, FileOutcome, IngestSummary,
     Ingestor, Outcome,
 };
-pub use uri::{check_uri, ingest_uri, UriError};
+pub use uri::{check_uri, check_uri_allowed, ingest_uri, UriError};
