@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test setup models examples fixtures openapi bench bench-upload bench-jobs lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-upload bench-jobs lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -19,6 +19,11 @@ demo: models
 ## test: the whole test suite
 test: models
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo test --quiet
+
+## test-reference: the tests ignored by `make test` because they need the reference venv
+## (open_clip, timm: scripts/reference/setup.sh, several GB from PyPI, own venv); not in CI
+test-reference: models
+	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && GAPMETER_REFERENCE_PYTHON="$$py" cargo test --quiet --test extractors -- --ignored'
 
 ## setup: install the pinned libtorch (torch==2.11.0 from PyPI) under ~/.cache/gapmeter
 setup:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates ~/.cache/gapmeter/venv-reference with the reference packages (requirements.txt) and
-# prints its python's path. Used only to regenerate fixtures.
+# prints its python's path. Used to regenerate fixtures (make fixtures) and by make test-reference.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${GAPMETER_CACHE:-$HOME/.cache/gapmeter}/venv-reference"

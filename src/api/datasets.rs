@@ -103,7 +103,7 @@ pub async fn create(
     let team = who.team(Scope::Write)?;
     check_name(&body.name)?;
     if let Some(uri) = &body.uri {
-        ingest::check_allowed(uri, &state.config.ingest).map_err(uri_error)?;
+        ingest::check_uri_allowed(uri, &state.config.ingest)?;
     }
     // The dataset and its ingest job exist together or not at all: a dropped request leaves
     // nothing half made.
@@ -157,14 +157,6 @@ pub async fn create(
         }
     };
     Ok((status, headers, Json(ds)))
-}
-
-fn uri_error(e: ingest::UriError) -> ApiError {
-    match e {
-        ingest::UriError::Forbidden(m) => ApiError::Forbidden(m),
-        ingest::UriError::Internal(e) => ApiError::Internal(e),
-        other => ApiError::Unprocessable(other.to_string()),
-    }
 }
 
 /// `GET /v1/datasets`: the team's datasets, newest first.

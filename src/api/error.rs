@@ -101,6 +101,20 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A dataset URI refused or failed: a disallowed one (scheme off, internal address, outside the
+/// file roots) is 403, a malformed or unreadable one 422.
+impl From<crate::ingest::UriError> for ApiError {
+    fn from(e: crate::ingest::UriError) -> Self {
+        use crate::ingest::UriError;
+        match e {
+            UriError::Invalid(m) | UriError::Unreachable(m) => ApiError::Unprocessable(m),
+            UriError::Forbidden(m) => ApiError::Forbidden(m),
+            UriError::Internal(e) => ApiError::Internal(e),
+            UriError::Interrupted => ApiError::Unavailable("the ingest was interrupted".into()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
@@ -125,5 +139,32 @@ impl IntoResponse for ApiError {
             json,
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::UriError;
+
+    #[test]
+    fn uri_errors_map_to_their_statuses() {
+        let status = |e: UriError| ApiError::from(e).parts().0;
+        assert_eq!(
+            status(UriError::Forbidden("x".into())),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(UriError::Invalid("x".into())),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(UriError::Unreachable("x".into())),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(UriError::Internal(anyhow::anyhow!("x"))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

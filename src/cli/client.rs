@@ -378,46 +378,28 @@ async fn follow(client: &Client, id: &str, progress: bool) -> anyhow::Result<Val
             }
             Err(e) => return Err(e),
         };
-        let mut body = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let (mut kind, mut data, mut seq) = (String::new(), String::new(), None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        kind = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        seq = Some(v.trim().to_string());
-                    }
+        let mut events = std::pin::pin!(job_events(resp.bytes_stream()));
+        while let Some(event) = events.next().await {
+            if let Some(seq) = event.id {
+                last_id = Some(seq);
+            }
+            let Some(value) = event.data else { continue };
+            match event.kind.as_str() {
+                "end" => {
+                    bar.finish_and_clear();
+                    return Ok(value);
                 }
-                if seq.is_some() {
-                    last_id = seq;
+                "progress" => {
+                    let p = &value["data"];
+                    bar.set_message(p["phase"].as_str().unwrap_or("").to_string());
+                    bar.set_length(p["total"].as_u64().unwrap_or(0));
+                    bar.set_position(p["done"].as_u64().unwrap_or(0));
                 }
-                let Ok(value) = serde_json::from_str::<Value>(&data) else {
-                    continue;
-                };
-                match kind.as_str() {
-                    "end" => {
-                        bar.finish_and_clear();
-                        return Ok(value);
-                    }
-                    "progress" => {
-                        let p = &value["data"];
-                        bar.set_message(p["phase"].as_str().unwrap_or("").to_string());
-                        bar.set_length(p["total"].as_u64().unwrap_or(0));
-                        bar.set_position(p["done"].as_u64().unwrap_or(0));
-                    }
-                    "retry" | "lease_expired" => {
-                        bar.println(format!("job {id}: {kind}: {}", value["data"]));
-                    }
-                    "claimed" => bar.set_message("claimed"),
-                    _ => {}
+                "retry" | "lease_expired" => {
+                    bar.println(format!("job {id}: {}: {}", event.kind, value["data"]));
                 }
+                "claimed" => bar.set_message("claimed"),
+                _ => {}
             }
         }
         // The stream dropped before `end`: resume after the last event seen.
@@ -427,6 +409,37 @@ async fn follow(client: &Client, id: &str, progress: bool) -> anyhow::Result<Val
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// One server-sent event of a job's event stream.
+#[derive(Debug, PartialEq)]
+struct JobEvent {
+    /// The `event:` field (`progress`, `end`, ...).
+    kind: String,
+    /// The last `id:` seen so far on this connection, which is what `Last-Event-ID` resumes from.
+    id: Option<String>,
+    /// The `data:` field as JSON; `None` when it is not JSON (e.g. an `error` event's text).
+    data: Option<Value>,
+}
+
+/// The events of an SSE byte stream, parsed by `eventsource-stream` (which reassembles UTF-8
+/// characters and lines split across chunks). The stream ends at the body's end or at its first
+/// transport or encoding error, after which the caller reconnects with `Last-Event-ID`.
+fn job_events<S, B, E>(body: S) -> impl futures_util::Stream<Item = JobEvent>
+where
+    S: futures_util::Stream<Item = Result<B, E>>,
+    B: AsRef<[u8]>,
+{
+    use eventsource_stream::Eventsource;
+    body.eventsource()
+        .take_while(|event| std::future::ready(event.is_ok()))
+        .filter_map(|event| {
+            std::future::ready(event.ok().map(|e| JobEvent {
+                data: serde_json::from_str(&e.data).ok(),
+                id: Some(e.id).filter(|id| !id.is_empty()),
+                kind: e.event,
+            }))
+        })
 }
 
 fn print_job(job: &Value, format: Format) -> anyhow::Result<()> {
@@ -583,4 +596,81 @@ async fn upload(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects the events of a body delivered in the given chunks.
+    async fn events_of(chunks: Vec<Vec<u8>>) -> Vec<JobEvent> {
+        let body = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
+        );
+        job_events(body).collect().await
+    }
+
+    #[tokio::test]
+    async fn multibyte_characters_split_across_chunks_are_kept() {
+        let text = "event: retry\nid: 7\ndata: {\"data\":{\"error\":\"caf\u{e9} \u{221e}\"}}\n\n";
+        let bytes = text.as_bytes();
+        // Split inside "é" (2 bytes) and inside "∞" (3 bytes).
+        let e = text.find('\u{e9}').unwrap() + 1;
+        let inf = text.find('\u{221e}').unwrap() + 2;
+        let events = events_of(vec![
+            bytes[..e].to_vec(),
+            bytes[e..inf].to_vec(),
+            bytes[inf..].to_vec(),
+        ])
+        .await;
+        assert_eq!(
+            events,
+            vec![JobEvent {
+                kind: "retry".into(),
+                id: Some("7".into()),
+                data: Some(json!({ "data": { "error": "caf\u{e9} \u{221e}" } })),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn events_keep_the_last_id_for_resuming() {
+        // Byte by byte, CRLF line ends, an event without an id (the last id stands) and a non-JSON
+        // `error` event.
+        let text = "id: 1\r\nevent: progress\r\ndata: {\"data\":{\"done\":1}}\r\n\r\n\
+                    event: error\r\ndata: lease lost\r\n\r\n\
+                    id: 2\r\nevent: end\r\ndata: {\"status\":\"succeeded\"}\r\n\r\n";
+        let events = events_of(text.bytes().map(|b| vec![b]).collect()).await;
+        let seen: Vec<(&str, Option<&str>, bool)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.id.as_deref(), e.data.is_some()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("progress", Some("1"), true),
+                ("error", Some("1"), false),
+                ("end", Some("2"), true)
+            ]
+        );
+        assert_eq!(events[2].data, Some(json!({ "status": "succeeded" })));
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_ends_the_events() {
+        let body = futures_util::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(
+                b"id: 3\nevent: claimed\ndata: {}\n\n",
+            )),
+            Err(std::io::Error::other("connection reset")),
+            Ok(bytes::Bytes::from_static(
+                b"id: 4\nevent: end\ndata: {}\n\n",
+            )),
+        ]);
+        let events: Vec<JobEvent> = job_events(body).collect().await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id.as_deref(), Some("3"));
+    }
 }

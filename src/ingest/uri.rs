@@ -1,6 +1,6 @@
 //! Dataset URIs: `file://` under admin-allowlisted roots, `http(s)://` to an image or archive,
 //! `s3://`, `gs://`, `az://` prefixes through object_store.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -55,6 +55,74 @@ pub fn check_uri(uri: &str) -> Result<(), UriError> {
     }
 }
 
+/// Checks a dataset URI against this instance's policy as well as its form, without touching the
+/// network or the file system, so that a request can be refused before anything is created: the
+/// scheme must be enabled, a `file://` path must lie under the configured roots as written (the
+/// URL parser has already resolved `.` and `..`), and an http(s) URI whose host is an IP literal
+/// must not name a loopback, private, link-local or otherwise internal address (unless
+/// `ingest.allow_private_addresses`). What needs the source itself is checked where it is read
+/// ([`ingest_uri`]): symlinks out of the roots, host names that resolve to internal addresses.
+pub fn check_uri_allowed(uri: &str, cfg: &IngestConfig) -> Result<url::Url, UriError> {
+    check_uri(uri)?;
+    let url =
+        url::Url::parse(uri).map_err(|e| UriError::Invalid(format!("invalid URI {uri:?}: {e}")))?;
+    match url.scheme() {
+        "file" if cfg.file_roots.is_empty() => Err(UriError::Forbidden(
+            "file:// URIs are disabled on this instance (no ingest.file_roots)".into(),
+        )),
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|_| UriError::Invalid(format!("invalid file URI {url}")))?;
+            // Roots as written and as resolved: a root may be configured through a symlink.
+            let under = cfg.file_roots.iter().any(|r| {
+                path.starts_with(r) || std::fs::canonicalize(r).is_ok_and(|c| path.starts_with(c))
+            });
+            if !under {
+                return Err(UriError::Forbidden(format!(
+                    "{} is outside the allowed roots",
+                    path.display()
+                )));
+            }
+            Ok(url)
+        }
+        "http" | "https" => {
+            if !cfg.allow_http {
+                return Err(UriError::Forbidden(
+                    "http(s) URIs are disabled on this instance".into(),
+                ));
+            }
+            if let Some(ip) = literal_ip(&url)? {
+                if !cfg.allow_private_addresses && is_private(ip) {
+                    return Err(UriError::Forbidden(format!(
+                        "{ip} is a loopback, private or otherwise internal address"
+                    )));
+                }
+            }
+            Ok(url)
+        }
+        "s3" | "gs" | "az" | "abfs" | "abfss" if !cfg.allow_object_store => {
+            Err(UriError::Forbidden(
+                "object-store URIs are disabled on this instance (ingest.allow_object_store)"
+                    .into(),
+            ))
+        }
+        _ => Ok(url),
+    }
+}
+
+/// The address an http(s) URL's host names when it is an IP literal; `None` for a host name.
+/// Taken from the parsed host, not from `host_str()`, which keeps an IPv6 literal's brackets
+/// (a resolver given `[::1]` fails).
+fn literal_ip(url: &url::Url) -> Result<Option<IpAddr>, UriError> {
+    match url.host() {
+        Some(url::Host::Ipv4(v4)) => Ok(Some(IpAddr::V4(v4))),
+        Some(url::Host::Ipv6(v6)) => Ok(Some(IpAddr::V6(v6))),
+        Some(url::Host::Domain(_)) => Ok(None),
+        None => Err(UriError::Invalid(format!("{url}: no host"))),
+    }
+}
+
 /// Ingests everything a dataset URI names into the ingestor's dataset.
 pub async fn ingest_uri(
     ing: &mut Ingestor<'_>,
@@ -62,18 +130,13 @@ pub async fn ingest_uri(
     cfg: &IngestConfig,
     request_bytes: u64,
 ) -> Result<(), UriError> {
-    let url =
-        url::Url::parse(uri).map_err(|e| UriError::Invalid(format!("invalid URI {uri:?}: {e}")))?;
+    // The same policy a request is checked against, again here: a job may run on a worker whose
+    // configuration differs from the API server's that accepted the URI.
+    let url = check_uri_allowed(uri, cfg)?;
     match url.scheme() {
         "file" => ingest_file_uri(ing, &url, cfg).await,
         "http" | "https" => ingest_http(ing, &url, cfg, request_bytes).await,
         "s3" | "gs" | "az" | "abfs" | "abfss" => {
-            if !cfg.allow_object_store {
-                return Err(UriError::Forbidden(
-                    "object-store URIs are disabled on this instance (ingest.allow_object_store)"
-                        .into(),
-                ));
-            }
             ingest_object_store(ing, &url, request_bytes).await
         }
         other => Err(UriError::Invalid(format!(
@@ -155,25 +218,72 @@ async fn ingest_file_uri(
     Ok(())
 }
 
-pub(super) fn is_private(ip: IpAddr) -> bool {
+/// Whether an address must not be fetched from (unless `ingest.allow_private_addresses`): anything
+/// that is not a public unicast address, and IPv6 addresses that embed such an IPv4 address.
+fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => is_private_v6(v6),
+    }
+}
+
+fn is_private_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        // 100.64.0.0/10, carrier-grade NAT.
+        || o[0] == 100 && (o[1] & 0xc0) == 64
+        // 0.0.0.0/8, "this network": Linux connects 0.x.y.z to the local host.
+        || o[0] == 0
+        // 240.0.0.0/4, reserved.
+        || o[0] >= 240
+}
+
+fn is_private_v6(v6: Ipv6Addr) -> bool {
+    let s = v6.segments();
+    if v6.is_loopback() || v6.is_unspecified() {
+        return true;
+    }
+    // fc00::/7 unique local, fe80::/10 link-local, fec0::/10 (deprecated) site-local, ff00::/8
+    // multicast.
+    if (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0] & 0xff00) == 0xff00
+    {
+        return true;
+    }
+    // 64:ff9b:1::/48, NAT64 for local use (RFC 8215): its translator is inside the network.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return true;
+    }
+    // Addresses that carry an IPv4 address get to it (through the host's own stack, a NAT64
+    // translator or a 6to4 relay), so they are refused when that IPv4 address would be.
+    embedded_ipv4(v6).is_some_and(is_private_v4)
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms that reach it: IPv4-mapped
+/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated), IPv4-translated
+/// `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:aabb:ccdd::/48`.
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _]
+        | [0, 0, 0, 0, 0, 0, _, _]
+        | [0, 0, 0, 0, 0xffff, 0, _, _]
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
+        _ => None,
     }
 }
 
@@ -183,37 +293,39 @@ async fn ingest_http(
     cfg: &IngestConfig,
     request_bytes: u64,
 ) -> Result<(), UriError> {
-    if !cfg.allow_http {
-        return Err(UriError::Forbidden(
-            "http(s) URIs are disabled on this instance".into(),
-        ));
-    }
+    // An IP literal is the address itself (`check_uri_allowed` refused an internal one up front);
+    // a host name is resolved here, once.
+    let port = url.port_or_known_default().unwrap_or(80);
     let host = url
         .host_str()
         .ok_or_else(|| UriError::Invalid(format!("{url}: no host")))?
         .to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| UriError::Unreachable(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
+    let literal = literal_ip(url)?;
+    let addrs: Vec<std::net::SocketAddr> = match literal {
+        Some(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| UriError::Unreachable(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    let Some(first) = addrs.first().copied() else {
         return Err(UriError::Unreachable(format!(
             "{host} resolves to no address"
         )));
-    }
+    };
+    // Checked again at connect time, for literals too, so this function is safe on its own.
     if !cfg.allow_private_addresses && addrs.iter().any(|a| is_private(a.ip())) {
         return Err(UriError::Forbidden(format!(
-            "{host} resolves to a loopback or private address"
+            "{host} is or resolves to a loopback, private or otherwise internal address"
         )));
     }
-    // Connect to the address that was checked, not to whatever a second lookup returns; no
-    // redirects, which could lead anywhere.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve(&host, addrs[0])
-        .build()
-        .map_err(|e| UriError::Internal(e.into()))?;
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if literal.is_none() {
+        // Connect to the address that was checked, not to whatever a second lookup returns.
+        builder = builder.resolve(&host, first);
+    }
+    // No redirects, which could lead anywhere.
+    let client = builder.build().map_err(|e| UriError::Internal(e.into()))?;
     let resp = client
         .get(url.clone())
         .send()
@@ -302,6 +414,46 @@ async fn ingest_object_store(
 mod tests {
     use super::*;
 
+    fn policy(roots: &[&str]) -> IngestConfig {
+        IngestConfig {
+            file_roots: roots.iter().map(Into::into).collect(),
+            allow_http: true,
+            allow_object_store: false,
+            allow_private_addresses: false,
+        }
+    }
+
+    #[test]
+    fn file_roots_and_switches_are_judged_before_anything_is_read() {
+        let c = policy(&["/data/sets"]);
+        assert!(check_uri_allowed("file:///data/sets/a", &c).is_ok());
+        for uri in [
+            "file:///data/other",
+            "file:///data/sets/../other",
+            "http://10.0.0.1/x.png",
+            "s3://bucket/prefix",
+        ] {
+            assert!(
+                matches!(check_uri_allowed(uri, &c), Err(UriError::Forbidden(_))),
+                "{uri}"
+            );
+        }
+        assert!(matches!(
+            check_uri_allowed("file:///data/sets/a", &policy(&[])),
+            Err(UriError::Forbidden(_))
+        ));
+        assert!(check_uri_allowed("https://example.org/set.tar.gz", &c).is_ok());
+    }
+
+    fn cfg(allow_private_addresses: bool) -> IngestConfig {
+        IngestConfig {
+            file_roots: Vec::new(),
+            allow_http: true,
+            allow_object_store: false,
+            allow_private_addresses,
+        }
+    }
+
     #[test]
     fn private_addresses_are_recognised() {
         for ip in [
@@ -310,16 +462,128 @@ mod tests {
             "192.168.0.1",
             "172.16.5.4",
             "169.254.1.1",
+            "169.254.169.254",
             "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
             "::1",
+            "::",
             "fd00::1",
+            "fc00::1",
             "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
             "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::ffff:0:192.168.1.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::8.8.8.8",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860::8888"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2001:4860::8888",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn ipv6_literals_are_parsed_without_brackets() {
+        let url = url::Url::parse("http://[2606:4700:4700::1111]:8443/x.png").unwrap();
+        assert_eq!(
+            literal_ip(&url).unwrap(),
+            Some("2606:4700:4700::1111".parse::<IpAddr>().unwrap())
+        );
+        let url = url::Url::parse("http://127.0.0.1/x.png").unwrap();
+        assert_eq!(
+            literal_ip(&url).unwrap(),
+            Some("127.0.0.1".parse::<IpAddr>().unwrap())
+        );
+        let url = url::Url::parse("https://example.org/x.png").unwrap();
+        assert_eq!(literal_ip(&url).unwrap(), None);
+    }
+
+    #[test]
+    fn public_ipv6_literal_passes_the_address_check() {
+        // The check only: nothing is fetched.
+        for uri in [
+            "http://[2606:4700:4700::1111]/x.png",
+            "https://[2606:4700:4700::1111]:8443/set.tar.gz",
+            "http://[2001:4860:4860::8888]/x.png",
+        ] {
+            let url = check_uri_allowed(uri, &cfg(false)).unwrap();
+            assert!(matches!(url.host(), Some(url::Host::Ipv6(_))), "{uri}");
+        }
+    }
+
+    #[test]
+    fn internal_ip_literals_are_forbidden_before_any_fetch() {
+        for uri in [
+            "http://[::1]:8080/x.png",
+            "http://[::]/x.png",
+            "http://[::ffff:127.0.0.1]/x.png",
+            "http://[::ffff:7f00:1]/x.png",
+            "http://[::ffff:10.1.2.3]/x.png",
+            "http://[::ffff:169.254.169.254]/latest/meta-data",
+            "http://[fe80::1]/x.png",
+            "http://[fd12:3456::1]/x.png",
+            "http://[fc00::1]/x.png",
+            "http://[ff02::1]/x.png",
+            "http://[64:ff9b::127.0.0.1]/x.png",
+            "https://[2002:a00:1::1]/x.png",
+            "http://127.0.0.1:9/x.png",
+            "http://0x7f.1/x.png",
+            "http://0/x.png",
+            "http://169.254.169.254/latest/meta-data",
+        ] {
+            match check_uri_allowed(uri, &cfg(false)) {
+                Err(UriError::Forbidden(m)) => {
+                    assert!(m.contains("internal address"), "{uri}: {m}")
+                }
+                other => panic!("{uri}: expected Forbidden, got {other:?}"),
+            }
+            // The knob that lets tests (and trusted instances) reach loopback covers IPv6 too.
+            assert!(check_uri_allowed(uri, &cfg(true)).is_ok(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn disabled_schemes_are_forbidden_up_front() {
+        let no_http = IngestConfig {
+            allow_http: false,
+            ..cfg(true)
+        };
+        assert!(matches!(
+            check_uri_allowed("http://[2606:4700:4700::1111]/x.png", &no_http),
+            Err(UriError::Forbidden(_))
+        ));
+        assert!(matches!(
+            check_uri_allowed("s3://bucket/prefix", &cfg(true)),
+            Err(UriError::Forbidden(_))
+        ));
+        assert!(matches!(
+            check_uri_allowed("file:///data", &cfg(true)),
+            Err(UriError::Forbidden(_))
+        ));
+        assert!(matches!(
+            check_uri_allowed("ftp://example.org/x", &cfg(true)),
+            Err(UriError::Invalid(_))
+        ));
     }
 }

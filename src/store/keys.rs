@@ -4,6 +4,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use super::{KeyId, TeamId};
@@ -78,15 +79,18 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// Constant-time comparison of the token's hash with the stored one.
+    /// Whether `token` is this key's, comparing its hash with the stored one in constant time.
     pub fn matches(&self, token: &str) -> bool {
-        let h = Sha256::digest(token.as_bytes());
-        h.len() == self.secret_hash.len()
-            && h.iter()
-                .zip(&self.secret_hash)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        secret_matches(token, &self.secret_hash)
     }
+}
+
+/// Whether `token` hashes to `stored` (a SHA-256). The bytes are compared with `subtle` in constant
+/// time; the two are always 32 bytes, so the early length check reveals nothing about the secret
+/// (a stored value of any other length is not a hash this code wrote, and matches nothing).
+fn secret_matches(token: &str, stored: &[u8]) -> bool {
+    let h = Sha256::digest(token.as_bytes());
+    stored.len() == h.len() && bool::from(h.as_slice().ct_eq(stored))
 }
 
 const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -222,6 +226,25 @@ pub async fn revoke_key(pool: &PgPool, id: KeyId) -> sqlx::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_compared_by_their_full_hash() {
+        let token = "gm_abcd1234_secretsecretsecret";
+        let stored = Sha256::digest(token.as_bytes()).to_vec();
+        assert!(secret_matches(token, &stored));
+        for other in [
+            "",
+            "gm_abcd1234_secretsecretsecreT",
+            "gm_abcd1234_secretsecretsecre",
+            "gm_abcd1234_secretsecretsecretx",
+        ] {
+            assert!(!secret_matches(other, &stored), "{other:?}");
+        }
+        // A stored value that is not a 32-byte hash (truncated, empty) matches nothing, not even
+        // a token whose hash starts with it.
+        assert!(!secret_matches(token, &stored[..16]));
+        assert!(!secret_matches(token, &[]));
+    }
 
     #[sqlx::test]
     async fn keys_are_found_by_prefix_checked_by_hash_and_revocable(pool: PgPool) {

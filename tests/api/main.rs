@@ -501,3 +501,81 @@ async fn http_uris_fetch_an_image_or_an_archive(pool: PgPool) {
     assert_eq!(v["image_count"], 0);
     assert!(v["error"].as_str().unwrap().contains("404"), "{v}");
 }
+
+/// A file server on the IPv6 loopback that counts the requests it answers.
+async fn ipv6_loopback_server(
+    body: Vec<u8>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let server = axum::Router::new().route(
+        "/x.png",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("binding [::1]:0 (this test needs IPv6 on the loopback interface)");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, server).await.unwrap() });
+    (port, hits)
+}
+
+#[sqlx::test]
+async fn ipv6_loopback_uri_is_forbidden_at_request_time(pool: PgPool) {
+    // The address is reachable (a server listens there), so a 403 means it was refused, not that
+    // it failed to connect; and the server sees no request.
+    let (port, hits) = ipv6_loopback_server(png(7, 7, 3)).await;
+    let app = spawn(pool).await;
+    let (_, key) = app.team("t").await;
+    for host in [
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[0:0:0:0:0:0:0:1]",
+        "[fe80::1]",
+        "[fd12:3456::1]",
+    ] {
+        let uri = format!("http://{host}:{port}/x.png");
+        let r = app
+            .post_json("/v1/datasets", &key, &json!({ "name": "v6", "uri": uri }))
+            .await;
+        assert_eq!(r.status(), 403, "{uri}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{uri}"
+        );
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["type"], "/problems/forbidden", "{uri}: {p:#}");
+        assert!(
+            !p["detail"].as_str().unwrap().contains("cannot resolve"),
+            "{uri}: {p:#}"
+        );
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let list: Value = app.get_json("/v1/datasets", &key).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list:#}");
+}
+
+#[sqlx::test]
+async fn ipv6_loopback_uri_is_fetched_when_private_addresses_are_allowed(pool: PgPool) {
+    let (port, hits) = ipv6_loopback_server(png(7, 7, 4)).await;
+    let app = spawn_jobs(
+        pool,
+        &[("GAPMETER_INGEST__ALLOW_PRIVATE_ADDRESSES", "true")],
+        true,
+    )
+    .await;
+    let (_, key) = app.team("t").await;
+    let (status, v, _) = app
+        .ingest(&key, "v6", &format!("http://[::1]:{port}/x.png"))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(v["status"], "ready", "{v:#}");
+    assert_eq!(v["image_count"], 1, "{v:#}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
