@@ -42,6 +42,17 @@ pub async fn spawn_jobs(pool: PgPool, extra: &[(&str, &str)], worker: bool) -> T
     spawn_app(pool, &all, gapmeter::features::default_models_dir(), worker).await
 }
 
+/// As [`spawn_jobs`], with `file://` dataset URIs allowed under `root`.
+pub async fn spawn_with_root(pool: PgPool, root: &Path, worker: bool) -> TestApp {
+    let roots = format!("[\"{}\"]", root.display());
+    spawn_jobs(
+        pool,
+        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
+        worker,
+    )
+    .await
+}
+
 async fn spawn_app(pool: PgPool, extra: &[(&str, &str)], models: PathBuf, worker: bool) -> TestApp {
     let blobs = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", blobs.path().display());

@@ -4,7 +4,7 @@ mod helpers;
 mod jobs;
 mod truth;
 
-use helpers::{folder, png, root, spawn, spawn_jobs, spawn_with, tar_gz, zip};
+use helpers::{folder, png, root, spawn, spawn_jobs, spawn_with, spawn_with_root, tar_gz, zip};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -336,13 +336,7 @@ async fn file_uris_only_under_allowed_roots_and_never_through_symlinks(pool: PgP
         allowed.path().join("link.png"),
     )
     .unwrap();
-    let roots = format!("[\"{}\"]", allowed.path().display());
-    let app = spawn_jobs(
-        pool,
-        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
-        true,
-    )
-    .await;
+    let app = spawn_with_root(pool, allowed.path(), true).await;
     let (_, key) = app.team("t").await;
 
     let (status, v, job) = app

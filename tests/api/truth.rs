@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use super::helpers::{gapmeter_cli, png, root, spawn_jobs, tar_gz, zip, TestApp};
+use super::helpers::{gapmeter_cli, png, root, spawn_jobs, spawn_with_root, tar_gz, zip, TestApp};
 
 /// Writes `examples/<name>` plus byte-identical copies of some of its files (under other names
 /// and in a subfolder, as scraped data has them) into `dir`; returns every (relative path,
@@ -229,13 +229,7 @@ async fn a_uri_dataset_is_filled_by_an_ingest_job(pool: PgPool) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, png(12, 12, (i % 2) as u8)).unwrap();
     }
-    let roots = format!("[\"{}\"]", data.path().display());
-    let app = spawn_jobs(
-        pool,
-        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
-        true,
-    )
-    .await;
+    let app = spawn_with_root(pool, data.path(), true).await;
     let (_, key) = app.team("lab").await;
     let resp = uri_dataset(&app, &key, &format!("file://{}", data.path().display()))
         .send()
@@ -317,19 +311,17 @@ async fn an_unreachable_source_ends_failed_after_its_retries(pool: PgPool) {
 async fn a_dataset_still_ingesting_cannot_be_scored_and_a_cancel_fails_it(pool: PgPool) {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("a.png"), png(8, 8, 1)).unwrap();
-    let roots = format!("[\"{}\"]", data.path().display());
     // No worker: the ingest job stays queued.
-    let app = spawn_jobs(
-        pool,
-        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
-        false,
-    )
-    .await;
+    let app = spawn_with_root(pool, data.path(), false).await;
     let (_, key) = app.team("lab").await;
-    let ds: Value = uri_dataset(&app, &key, &format!("file://{}", data.path().display()))
-        .send()
+    let uri = format!("file://{}", data.path().display());
+    let ds: Value = app
+        .post_json(
+            "/v1/datasets",
+            &key,
+            &json!({"name": "from-uri", "uri": uri}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -370,13 +362,7 @@ async fn a_dataset_still_ingesting_cannot_be_scored_and_a_cancel_fails_it(pool: 
 async fn a_dropped_request_leaves_nothing_stuck(pool: PgPool) {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("a.png"), png(8, 8, 1)).unwrap();
-    let roots = format!("[\"{}\"]", data.path().display());
-    let app = spawn_jobs(
-        pool,
-        &[("GAPMETER_INGEST__FILE_ROOTS", roots.as_str())],
-        true,
-    )
-    .await;
+    let app = spawn_with_root(pool, data.path(), true).await;
     let (_, key) = app.team("lab").await;
     let body =
         json!({"name": "dropped", "uri": format!("file://{}", data.path().display())}).to_string();
