@@ -353,12 +353,8 @@ pub async fn add_member(
             .bind(path)
             .fetch_optional(&mut *tx)
             .await?;
-    if let Some((hash,)) = existing {
-        return Ok(match <[u8; 32]>::try_from(hash.as_slice()) {
-            Ok(h) if h == meta.hash => AddOutcome::Unchanged,
-            Ok(existing) => AddOutcome::Conflict { existing },
-            Err(_) => AddOutcome::Conflict { existing: [0; 32] },
-        });
+    if let Some((held,)) = existing {
+        return Ok(already_at_path(&held, &meta.hash));
     }
     lock_hash(&mut tx, &meta.hash).await?;
     let known: Option<(i64,)> = sqlx::query_as("SELECT bytes FROM images WHERE hash = $1")
@@ -385,7 +381,6 @@ pub async fn add_member(
     .bind(&meta.hash[..])
     .fetch_one(&mut *tx)
     .await?;
-    // A concurrent upload of the same path may have won since the check above.
     let linked = sqlx::query(
         "INSERT INTO dataset_images (dataset_id, image_hash, path) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
@@ -394,14 +389,37 @@ pub async fn add_member(
     .bind(path)
     .execute(&mut *tx)
     .await?;
+    if linked.rows_affected() == 0 {
+        // A concurrent upload of the same path won since the check above: undo what this one
+        // stored (still under the hash's lock) and report what the path holds now.
+        if known.is_none() {
+            blobs.delete(&meta.hash).await?;
+        }
+        tx.rollback().await?;
+        let (now,): (Vec<u8>,) = sqlx::query_as(
+            "SELECT image_hash FROM dataset_images WHERE dataset_id = $1 AND path = $2",
+        )
+        .bind(dataset)
+        .bind(path)
+        .fetch_one(pool)
+        .await?;
+        return Ok(already_at_path(&now, &meta.hash));
+    }
     tx.commit().await?;
-    Ok(if linked.rows_affected() == 0 {
-        AddOutcome::Unchanged
-    } else if held {
+    Ok(if held {
         AddOutcome::Duplicate
     } else {
         AddOutcome::Added
     })
+}
+
+/// What adding `new` at a path that already holds `held` does: nothing, or a conflict.
+fn already_at_path(held: &[u8], new: &[u8; 32]) -> AddOutcome {
+    match <[u8; 32]>::try_from(held) {
+        Ok(h) if h == *new => AddOutcome::Unchanged,
+        Ok(existing) => AddOutcome::Conflict { existing },
+        Err(_) => AddOutcome::Conflict { existing: [0; 32] },
+    }
 }
 
 /// Recomputes counts, bytes and content hash after files were added.
@@ -564,6 +582,43 @@ mod tests {
         assert!(delete_dataset(&pool, &blobs, team, a).await.unwrap());
         assert!(!blobs.exists(&m1.hash).await.unwrap());
         assert!(!delete_dataset(&pool, &blobs, team, a).await.unwrap());
+    }
+
+    #[sqlx::test]
+    async fn concurrent_uploads_of_one_path_leave_one_member_and_no_orphan(pool: PgPool) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&format!("file://{}", dir.path().display())).unwrap();
+        let team = create_team(&pool, "t").await.unwrap().id;
+        for round in 0..5u8 {
+            let ds = create_dataset(
+                &mut pool.acquire().await.unwrap(),
+                team,
+                &format!("d{round}"),
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+            .id;
+            let (m1, b1) = meta(10 + 2 * round);
+            let (m2, b2) = meta(11 + 2 * round);
+            let (x, y) = tokio::join!(
+                add_member(&pool, &blobs, ds, "p.png", &m1, b1),
+                add_member(&pool, &blobs, ds, "p.png", &m2, b2)
+            );
+            let mut outcomes = [x.unwrap(), y.unwrap()];
+            outcomes.sort_by_key(|o| matches!(o, AddOutcome::Added));
+            assert!(
+                matches!(outcomes, [AddOutcome::Conflict { .. }, AddOutcome::Added]),
+                "{outcomes:?}"
+            );
+            // The loser's bytes are not left behind.
+            let stored = [
+                blobs.exists(&m1.hash).await.unwrap(),
+                blobs.exists(&m2.hash).await.unwrap(),
+            ];
+            assert_eq!(stored.iter().filter(|s| **s).count(), 1, "{stored:?}");
+        }
     }
 
     #[sqlx::test]
