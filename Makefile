@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test setup models examples fixtures openapi bench bench-upload bench-jobs lint fmt
+.PHONY: run demo test setup models examples fixtures openapi bench bench-upload bench-jobs coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -53,6 +53,11 @@ bench-upload: setup
 ## bench-jobs: latency of scoring through HTTP: cold job, cached re-score p50/p99 (needs PostgreSQL)
 bench-jobs: models
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench rescore
+
+## coverage: simulate the intervals' coverage on distributions with known FID and KID (prints the
+## table of docs/metrics.md; ~25 min on 2 cores; COVERAGE_ARGS=--quick for a fast look)
+coverage: setup
+	GAPMETER_COVERAGE_ARGS="$(COVERAGE_ARGS)" $(WITH) cargo bench --profile dev --bench coverage
 
 ## lint: formatting and clippy, as CI runs them
 lint:

@@ -43,7 +43,8 @@ pub struct ExtractedSet {
     /// Paths of the rows of `features`, in order.
     pub paths: Vec<String>,
     pub skipped: Vec<Skipped>,
-    /// blake3 over the sorted per-image blake3 hashes (DESIGN §5's dataset hash).
+    /// blake3 over the sorted per-image blake3 hashes, so the same images give the same hash in
+    /// any order.
     pub content_hash: String,
 }
 
