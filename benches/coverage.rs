@@ -10,10 +10,11 @@
 //! being symmetric, the same third moments) has the same true KID and the same true FID.
 //!
 //! Options: `--trials N` (trials per cell at d = 64, default 200), `--trials-large N` (at
-//! d = 2048, default 100: each costs a kernel pass over 2N × 2N entries of dimension 2048),
-//! `--boot-trials N` (trials of the bootstrap interval at d = 2048, default 20: each needs
-//! `--resamples` kernel passes), `--resamples B` (default 50), `--quick` (20 trials, 10 at
-//! d = 2048, 5 bootstrap trials, 20 resamples), `--seed S`. The environment variable
+//! d = 2048, default 40: each costs a kernel pass over 2N × 2N entries of dimension 2048),
+//! `--boot-trials N` (trials of the bootstrap interval at d = 2048, default 8: each needs
+//! `--resamples` kernel passes), `--resamples B` (default 40), `--fid-trials N` (trials of the
+//! FID∞ interval, default 30: each is 11 × 2 × 8 FID evaluations), `--only-d D` (one dimension),
+//! `--quick` (20 trials, 10 at d = 2048, 5 bootstrap and FID∞ trials, 20 resamples), `--seed S`. The environment variable
 //! GAPMETER_COVERAGE_ARGS is read as extra arguments (the Makefile's way in).
 use std::time::Instant;
 
@@ -182,6 +183,8 @@ impl Tally {
 struct Options {
     trials: usize,
     trials_large: usize,
+    fid_trials: usize,
+    only_d: Option<usize>,
     boot_trials: usize,
     resamples: usize,
     seed: u64,
@@ -194,9 +197,11 @@ fn options() -> Options {
     }
     let mut o = Options {
         trials: 200,
-        trials_large: 100,
-        boot_trials: 20,
-        resamples: 50,
+        trials_large: 40,
+        fid_trials: 30,
+        only_d: None,
+        boot_trials: 8,
+        resamples: 40,
         seed: 1,
     };
     let mut it = args.into_iter();
@@ -209,12 +214,15 @@ fn options() -> Options {
         match a.as_str() {
             "--trials" => o.trials = num("--trials"),
             "--trials-large" => o.trials_large = num("--trials-large"),
+            "--fid-trials" => o.fid_trials = num("--fid-trials"),
+            "--only-d" => o.only_d = Some(num("--only-d")),
             "--boot-trials" => o.boot_trials = num("--boot-trials"),
             "--resamples" => o.resamples = num("--resamples"),
             "--seed" => o.seed = num("--seed") as u64,
             "--quick" => {
                 o.trials = 20;
                 o.trials_large = 10;
+                o.fid_trials = 5;
                 o.boot_trials = 5;
                 o.resamples = 20;
             }
@@ -230,10 +238,11 @@ fn main() -> Result<(), MetricError> {
     let o = options();
     let started = Instant::now();
     println!(
-        "coverage of nominal {:.0} % intervals; trials per cell: {} at d = 64, {} at d = 2048; KID bootstrap: {} resamples, {} trials at d = 2048",
+        "coverage of nominal {:.0} % intervals; trials per cell: {} at d = 64, {} at d = 2048, {} for FID∞; KID bootstrap: {} resamples, {} trials at d = 2048",
         LEVEL * 100.0,
         o.trials,
         o.trials_large,
+        o.fid_trials,
         o.resamples,
         o.boot_trials.min(o.trials_large)
     );
@@ -241,6 +250,9 @@ fn main() -> Result<(), MetricError> {
     println!("| case, d, N | interval | true value | trials | coverage | mean width |");
     println!("|---|---|---|---|---|---|");
     for d in [64usize, 2048] {
+        if o.only_d.is_some_and(|only| only != d) {
+            continue;
+        }
         for shape in [Shape::Gaussian, Shape::StudentT, Shape::LowRank] {
             let truth = Truth::new(shape, d);
             let (true_fid, true_kid) = (truth.fid(), truth.kid());
@@ -298,7 +310,7 @@ fn main() -> Result<(), MetricError> {
                         );
                         boot.add(&ci, true_kid, k.mean);
                     }
-                    if let Some(f) = fid_start {
+                    if let (Some(f), true) = (fid_start, trial < o.fid_trials) {
                         let fit = SubsampleFit {
                             sizes: sizes_between((f * n as f64).ceil() as usize, n, FIT_POINTS),
                             repetitions: FIT_REPETITIONS,
