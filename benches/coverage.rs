@@ -9,11 +9,12 @@
 //! moments up to order three only; a multivariate t with the Gaussian's mean and covariance (and,
 //! being symmetric, the same third moments) has the same true KID and the same true FID.
 //!
-//! Options: `--trials N` (trials per cell at d = 64, default 200), `--trials-large N` (at
-//! d = 2048, default 40: each costs a kernel pass over 2N × 2N entries of dimension 2048),
-//! `--boot-trials N` (trials of the bootstrap interval at d = 2048, default 8: each needs
-//! `--resamples` kernel passes), `--resamples B` (default 40), `--fid-trials N` (trials of the
-//! FID∞ interval, default 30: each is 11 × 2 × 8 FID evaluations), `--only-d D` (one dimension),
+//! Options: `--trials N` (trials per cell at d = 64, default 100), `--trials-large N` (at
+//! d = 2048, default 20: each costs a kernel pass over 2N × 2N entries of dimension 2048),
+//! `--boot-trials N` (trials of the bootstrap interval at d = 64, default 40) and
+//! `--boot-trials-large N` (at d = 2048, default 5): each needs `--resamples` kernel passes,
+//! `--resamples B` (default 30), `--fid-trials N` (trials of the FID∞ interval, default 20: each
+//! is 11 × 2 × 8 FID evaluations), `--only-d D` (one dimension),
 //! `--quick` (20 trials, 10 at d = 2048, 5 bootstrap and FID∞ trials, 20 resamples), `--seed S`. The environment variable
 //! GAPMETER_COVERAGE_ARGS is read as extra arguments (the Makefile's way in).
 use std::time::Instant;
@@ -72,7 +73,11 @@ struct Truth {
 impl Truth {
     fn new(shape: Shape, d: usize) -> Self {
         let r = shape.active(d);
-        let on = |v: f64| (0..d).map(|j| if j < r { v } else { 0.0 }).collect::<Vec<_>>();
+        let on = |v: f64| {
+            (0..d)
+                .map(|j| if j < r { v } else { 0.0 })
+                .collect::<Vec<_>>()
+        };
         Self {
             mean_s: on(0.0),
             var_s: on(1.0),
@@ -186,6 +191,7 @@ struct Options {
     fid_trials: usize,
     only_d: Option<usize>,
     boot_trials: usize,
+    boot_trials_large: usize,
     resamples: usize,
     seed: u64,
 }
@@ -196,12 +202,13 @@ fn options() -> Options {
         args.extend(extra.split_whitespace().map(String::from));
     }
     let mut o = Options {
-        trials: 200,
-        trials_large: 40,
-        fid_trials: 30,
+        trials: 100,
+        trials_large: 20,
+        fid_trials: 20,
         only_d: None,
-        boot_trials: 8,
-        resamples: 40,
+        boot_trials: 40,
+        boot_trials_large: 5,
+        resamples: 30,
         seed: 1,
     };
     let mut it = args.into_iter();
@@ -217,6 +224,7 @@ fn options() -> Options {
             "--fid-trials" => o.fid_trials = num("--fid-trials"),
             "--only-d" => o.only_d = Some(num("--only-d")),
             "--boot-trials" => o.boot_trials = num("--boot-trials"),
+            "--boot-trials-large" => o.boot_trials_large = num("--boot-trials-large"),
             "--resamples" => o.resamples = num("--resamples"),
             "--seed" => o.seed = num("--seed") as u64,
             "--quick" => {
@@ -224,6 +232,7 @@ fn options() -> Options {
                 o.trials_large = 10;
                 o.fid_trials = 5;
                 o.boot_trials = 5;
+                o.boot_trials_large = 3;
                 o.resamples = 20;
             }
             // `cargo bench` passes --bench; anything else is a mistake worth hearing about.
@@ -238,13 +247,14 @@ fn main() -> Result<(), MetricError> {
     let o = options();
     let started = Instant::now();
     println!(
-        "coverage of nominal {:.0} % intervals; trials per cell: {} at d = 64, {} at d = 2048, {} for FID∞; KID bootstrap: {} resamples, {} trials at d = 2048",
+        "coverage of nominal {:.0} % intervals; trials per cell: KID {} at d = 64, {} at d = 2048; KID bootstrap ({} resamples) {} and {}; FID∞ {}",
         LEVEL * 100.0,
         o.trials,
         o.trials_large,
-        o.fid_trials,
         o.resamples,
-        o.boot_trials.min(o.trials_large)
+        o.boot_trials.min(o.trials),
+        o.boot_trials_large.min(o.trials_large),
+        o.fid_trials.min(o.trials),
     );
     println!();
     println!("| case, d, N | interval | true value | trials | coverage | mean width |");
@@ -264,9 +274,9 @@ fn main() -> Result<(), MetricError> {
                 let (mut jack, mut boot, mut fid_inf) =
                     (Tally::default(), Tally::default(), Tally::default());
                 let (trials, boot_trials) = if d > 256 {
-                    (o.trials_large, o.boot_trials.min(o.trials_large))
+                    (o.trials_large, o.boot_trials_large.min(o.trials_large))
                 } else {
-                    (o.trials, o.trials)
+                    (o.trials, o.boot_trials.min(o.trials))
                 };
                 let kid_params = KidParams {
                     subsets: 1,
@@ -316,25 +326,30 @@ fn main() -> Result<(), MetricError> {
                             repetitions: FIT_REPETITIONS,
                             seed: 2020 + trial as u32,
                         };
-                        let (line, ci) =
-                            subsample_fit(n, Some(n), &fit, Some(LEVEL), |si, ti| {
-                                let a = s.select(ndarray::Axis(0), si);
-                                let b = t.select(ndarray::Axis(0), ti);
-                                Ok::<_, MetricError>(fid_from_features(a.view(), b.view())?.value)
-                            })?;
+                        let (line, ci) = subsample_fit(n, Some(n), &fit, Some(LEVEL), |si, ti| {
+                            let a = s.select(ndarray::Axis(0), si);
+                            let b = t.select(ndarray::Axis(0), ti);
+                            Ok::<_, MetricError>(fid_from_features(a.view(), b.view())?.value)
+                        })?;
                         if let Some(ci) = ci {
                             fid_inf.add(&ci, true_fid, line.value);
                         }
                     }
                 }
                 let cell = format!("{}, {d}, {n}", shape.name());
-                println!("{}", jack.row(&cell, "KID, jackknife (`standard_error`)", true_kid));
+                println!(
+                    "{}",
+                    jack.row(&cell, "KID, jackknife (`standard_error`)", true_kid)
+                );
                 println!(
                     "{}",
                     boot.row(&cell, "KID, bootstrap (`--bootstrap`)", true_kid)
                 );
                 if fid_start.is_some() {
-                    println!("{}", fid_inf.row(&cell, "FID∞, jackknife of the fit", true_fid));
+                    println!(
+                        "{}",
+                        fid_inf.row(&cell, "FID∞, jackknife of the fit", true_fid)
+                    );
                 } else {
                     println!("| {cell} | FID∞ | {true_fid:.4e} | — | none: N < 1.25·(d+1) | — |");
                 }
@@ -343,9 +358,6 @@ fn main() -> Result<(), MetricError> {
         }
     }
     println!();
-    println!(
-        "total {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -53,9 +53,15 @@ fn score_reports_what_each_interval_is_and_which_metrics_have_none() {
     let m = &v["metrics"];
     for name in ["kid", "mmd"] {
         let ci = &m[name]["ci"];
-        let point = m[name]["value"].as_f64().or(m[name]["mean"].as_f64()).unwrap();
+        let point = m[name]["value"]
+            .as_f64()
+            .or(m[name]["mean"].as_f64())
+            .unwrap();
         let (lo, hi) = (ci["low"].as_f64().unwrap(), ci["high"].as_f64().unwrap());
-        assert!(lo < point && point < hi, "{name}: {point} outside [{lo}, {hi}]");
+        assert!(
+            lo < point && point < hi,
+            "{name}: {point} outside [{lo}, {hi}]"
+        );
         assert_eq!(ci["target"], "population", "{name}");
         assert_eq!(ci["resamples"], 30, "{name}");
         assert!(ci["method"].as_str().unwrap().contains("own copy"), "{ci}");
@@ -67,11 +73,18 @@ fn score_reports_what_each_interval_is_and_which_metrics_have_none() {
         fi["ci"]["high"].as_f64().unwrap(),
     );
     let point = fi["value"].as_f64().unwrap();
-    assert!(lo < point && point < hi, "FID∞ {point} outside [{lo}, {hi}]");
+    assert!(
+        lo < point && point < hi,
+        "FID∞ {point} outside [{lo}, {hi}]"
+    );
     assert_eq!(fi["ci"]["target"], "population");
     assert!(fi["ci"].get("resamples").is_none(), "{fi}");
     for name in ["fid", "precision", "kid_infinity"] {
-        assert!(m[name].get("ci").is_none(), "{name} has an interval: {}", m[name]);
+        assert!(
+            m[name].get("ci").is_none(),
+            "{name} has an interval: {}",
+            m[name]
+        );
     }
     let warnings: Vec<&str> = v["warnings"]
         .as_array()
@@ -80,7 +93,9 @@ fn score_reports_what_each_interval_is_and_which_metrics_have_none() {
         .map(|w| w.as_str().unwrap())
         .collect();
     assert!(
-        warnings.iter().any(|w| w.starts_with("FID has no interval")),
+        warnings
+            .iter()
+            .any(|w| w.starts_with("FID has no interval")),
         "{warnings:?}"
     );
     assert!(
@@ -104,8 +119,14 @@ fn score_reports_what_each_interval_is_and_which_metrics_have_none() {
     ]);
     let table = String::from_utf8_lossy(&out.stdout);
     let kid_line = table.lines().find(|l| l.starts_with("KID")).unwrap();
-    assert!(kid_line.contains('[') && kid_line.ends_with("(1)"), "{table}");
-    assert!(table.contains("(1) normal, bootstrap standard error"), "{table}");
+    assert!(
+        kid_line.contains('[') && kid_line.ends_with("(1)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("(1) normal, bootstrap standard error"),
+        "{table}"
+    );
 }
 
 #[test]

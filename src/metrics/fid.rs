@@ -268,7 +268,10 @@ mod tests {
         })
         .unwrap();
         let ci = ci.unwrap();
-        assert!(ci.contains(2.0) && ci.contains(line.value), "{line:?} {ci:?}");
+        assert!(
+            ci.contains(2.0) && ci.contains(line.value),
+            "{line:?} {ci:?}"
+        );
         assert!(ci.high - ci.low < 2.0, "{ci:?}");
     }
 

@@ -140,7 +140,10 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
     };
     let n_min = ns.min(nt);
     let (variance, method) = if ns + nt > JACKKNIFE_MAX_SAMPLES && n_min > m && params.subsets > 1 {
-        (monte_carlo * n * m as f64 / (n_min - m) as f64 + monte_carlo, "subsets")
+        (
+            monte_carlo * n * m as f64 / (n_min - m) as f64 + monte_carlo,
+            "subsets",
+        )
     } else {
         let kernel = |a: &Tensor, b: &Tensor| kernel(a, b, gamma, params.coef0, params.degree);
         let (_, jack) = ustat::jackknife(&xs, &xt, kernel)?;
@@ -190,7 +193,9 @@ pub fn kid_resampled(
         ));
     }
     if rows_s.iter().any(|&i| i >= s.nrows()) || rows_t.iter().any(|&i| i >= t.nrows()) {
-        return Err(MetricError::InvalidParameter("resample row out of range".into()));
+        return Err(MetricError::InvalidParameter(
+            "resample row out of range".into(),
+        ));
     }
     let m = params.subset_size.min(ns).min(nt);
     let gamma = params.gamma.unwrap_or(1.0 / d as f64);
@@ -212,7 +217,13 @@ pub fn kid_resampled(
         let a = xs.f_index_select(0, &index(&origin_s))?;
         let b = xt.f_index_select(0, &index(&origin_t))?;
         let k = |x: &Tensor, y: &Tensor| kernel(x, y, gamma, params.coef0, params.degree);
-        total += ustat::distinct_origin_mmd2(&k(&a, &a)?, &k(&b, &b)?, &k(&a, &b)?, &origin_s, &origin_t)?;
+        total += ustat::distinct_origin_mmd2(
+            &k(&a, &a)?,
+            &k(&b, &b)?,
+            &k(&a, &b)?,
+            &origin_s,
+            &origin_t,
+        )?;
     }
     Ok(total / params.subsets as f64)
 }
@@ -328,7 +339,10 @@ mod tests {
         let m = values.iter().sum::<f64>() / 20.0;
         let sd = (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 19.0).sqrt();
         let se = ses.iter().sum::<f64>() / 20.0;
-        assert!(se > 0.6 * sd && se < 2.0 * sd, "reported {se}, observed {sd}");
+        assert!(
+            se > 0.6 * sd && se < 2.0 * sd,
+            "reported {se}, observed {sd}"
+        );
     }
 
     #[test]
@@ -357,7 +371,10 @@ mod tests {
         let a12 = a.slice(ndarray::s![..12, ..]).to_owned();
         let b12 = b.slice(ndarray::s![..12, ..]).to_owned();
         let plain = naive_mmd2(&a12, &b12);
-        assert!(((doubled - plain) / plain).abs() < 1e-10, "{doubled} vs {plain}");
+        assert!(
+            ((doubled - plain) / plain).abs() < 1e-10,
+            "{doubled} vs {plain}"
+        );
     }
 
     #[test]

@@ -139,7 +139,9 @@ pub fn mmd_resampled(
 ) -> Result<f64, MetricError> {
     check(s, t, "MMD")?;
     if rows_s.iter().any(|&i| i >= s.nrows()) || rows_t.iter().any(|&i| i >= t.nrows()) {
-        return Err(MetricError::InvalidParameter("resample row out of range".into()));
+        return Err(MetricError::InvalidParameter(
+            "resample row out of range".into(),
+        ));
     }
     let pick = |x: ArrayView2<f64>, rows: &[usize]| -> Result<Tensor, MetricError> {
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();

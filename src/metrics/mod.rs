@@ -19,9 +19,7 @@ mod ustat;
 pub use fid::{fid_from_features, fid_from_gaussians, Fid};
 pub use inception_score::{inception_score, InceptionScore, IsParams};
 pub use kid::{kid, kid_resampled, Kid, KidParams};
-pub use mmd::{
-    cmmd, median_bandwidth, mmd, mmd_resampled, Bandwidth, Estimator, Mmd, MmdParams,
-};
+pub use mmd::{cmmd, median_bandwidth, mmd, mmd_resampled, Bandwidth, Estimator, Mmd, MmdParams};
 pub use per_image::{per_image_gap, ImageGap};
 pub use prdc::{prdc, Prdc, PrdcParams};
 pub use resampling::{

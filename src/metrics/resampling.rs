@@ -389,7 +389,11 @@ where
     }
     let g = groups as f64;
     let jack_mean = left_out.iter().sum::<f64>() / g;
-    let jack_var = (g - 1.0) / g * left_out.iter().map(|v| (v - jack_mean).powi(2)).sum::<f64>();
+    let jack_var = (g - 1.0) / g
+        * left_out
+            .iter()
+            .map(|v| (v - jack_mean).powi(2))
+            .sum::<f64>();
     let r = intercepts.len() as f64;
     let sequence_var = if intercepts.len() > 1 {
         let m = intercepts.iter().sum::<f64>() / r;
@@ -472,7 +476,10 @@ mod tests {
         assert!((line.value - 1.0).abs() < 1e-12 && (line.slope - 5.0).abs() < 1e-9);
         let ci = ci.unwrap();
         // Every fit is exact, so the interval shrinks to the true intercept (up to rounding).
-        assert!((ci.low - 1.0).abs() < 1e-9 && (ci.high - 1.0).abs() < 1e-9, "{ci:?}");
+        assert!(
+            (ci.low - 1.0).abs() < 1e-9 && (ci.high - 1.0).abs() < 1e-9,
+            "{ci:?}"
+        );
         assert_eq!(ci.target, Target::Population);
     }
 

@@ -38,12 +38,18 @@ where
             let len = block.min(n - start);
             let rows = a.f_narrow(0, start as i64, len as i64)?;
             let k = kernel(&rows, a)?;
-            let diag = k.f_narrow(1, start as i64, len as i64)?.f_diagonal(0, 0, 1)?;
+            let diag = k
+                .f_narrow(1, start as i64, len as i64)?
+                .f_diagonal(0, 0, 1)?;
             let sums = k.f_sum_dim_intlist(1, false, Kind::Double)?.f_sub(&diag)?;
             within.extend(linalg::to_vec(&sums)?);
             if let Some(b) = other {
                 let kb = kernel(&rows, b)?;
-                cross.extend(linalg::to_vec(&kb.f_sum_dim_intlist(1, false, Kind::Double)?)?);
+                cross.extend(linalg::to_vec(&kb.f_sum_dim_intlist(
+                    1,
+                    false,
+                    Kind::Double,
+                )?)?);
                 let c = kb.f_sum_dim_intlist(0, false, Kind::Double)?;
                 cols = Some(match cols {
                     Some(acc) => acc.f_add(&c)?,
@@ -140,7 +146,11 @@ mod tests {
 
     /// U computed from scratch on a subset of rows.
     fn u_of(x: &Tensor, y: &Tensor) -> f64 {
-        let (kxx, kyy, kxy) = (linear(x, x).unwrap(), linear(y, y).unwrap(), linear(x, y).unwrap());
+        let (kxx, kyy, kxy) = (
+            linear(x, x).unwrap(),
+            linear(y, y).unwrap(),
+            linear(x, y).unwrap(),
+        );
         let nx = x.size()[0] as usize;
         let ny = y.size()[0] as usize;
         let ox: Vec<usize> = (0..nx).collect();

@@ -24,9 +24,7 @@ pub use extract::{
     STYLE_OUTPUT,
 };
 pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetData, SetProvenance};
-pub use report::{
-    ExtractorInfo, ImageScore, MatrixReport, Overlap, PerImage, Report, Software,
-};
+pub use report::{ExtractorInfo, ImageScore, MatrixReport, Overlap, PerImage, Report, Software};
 
 /// Everything that decides a score.
 #[derive(Debug, Clone)]
@@ -198,7 +196,15 @@ pub fn matrix_sets(
             }
             if let Some(bp) = &opts.bootstrap {
                 let mut ignored = Vec::new();
-                add_bootstrap(chosen, &sets[i], &sets[j], opts, bp, &mut values, &mut ignored)?;
+                add_bootstrap(
+                    chosen,
+                    &sets[i],
+                    &sets[j],
+                    opts,
+                    bp,
+                    &mut values,
+                    &mut ignored,
+                )?;
                 for (name, v) in values {
                     if let Some(ci) = v.ci {
                         let table = intervals
@@ -477,7 +483,8 @@ fn add_bootstrap(
             }
         }
     }
-    const METHOD: &str = "normal, bootstrap standard error; resamples never pair a sample with its own copy";
+    const METHOD: &str =
+        "normal, bootstrap standard error; resamples never pair a sample with its own copy";
     for (name, draws) in [("kid", &kids), ("mmd", &mmds)] {
         if draws.is_empty() {
             continue;
@@ -611,7 +618,11 @@ fn extrapolation_sizes(n: usize, points: usize) -> Vec<usize> {
 
 /// Warnings for intervals too wide to tell a result from no gap, or from a result of about the
 /// same size.
-fn interval_warnings(values: &BTreeMap<String, MetricValue>, level: f64, warnings: &mut Vec<String>) {
+fn interval_warnings(
+    values: &BTreeMap<String, MetricValue>,
+    level: f64,
+    warnings: &mut Vec<String>,
+) {
     for (name, v) in values {
         let Some(ci) = &v.ci else { continue };
         let shown = report::display_name(name);
