@@ -55,9 +55,10 @@ bench-jobs: models
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench rescore
 
 ## coverage: simulate the intervals' coverage on distributions with known FID and KID (prints the
-## table of docs/metrics.md; ~25 min on 2 cores; COVERAGE_ARGS=--quick for a fast look)
+## table of docs/metrics.md; COVERAGE_ARGS=--quick for a fast look, "--only-d 64" for one half).
+## One libtorch thread: its many small operations run faster without OpenMP's spinning.
 coverage: setup
-	GAPMETER_COVERAGE_ARGS="$(COVERAGE_ARGS)" $(WITH) cargo bench --profile dev --bench coverage
+	OMP_NUM_THREADS=1 GAPMETER_COVERAGE_ARGS="$(COVERAGE_ARGS)" $(WITH) cargo bench --profile dev --bench coverage
 
 ## lint: formatting and clippy, as CI runs them
 lint:

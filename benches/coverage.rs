@@ -9,11 +9,11 @@
 //! moments up to order three only; a multivariate t with the Gaussian's mean and covariance (and,
 //! being symmetric, the same third moments) has the same true KID and the same true FID.
 //!
-//! Options: `--trials N` (trials per cell at d = 64, default 100), `--trials-large N` (at
-//! d = 2048, default 20: each costs a kernel pass over 2N × 2N entries of dimension 2048),
-//! `--boot-trials N` (trials of the bootstrap interval at d = 64, default 40) and
-//! `--boot-trials-large N` (at d = 2048, default 5): each needs `--resamples` kernel passes,
-//! `--resamples B` (default 30), `--fid-trials N` (trials of the FID∞ interval, default 20: each
+//! Options: `--trials N` (trials per cell at d = 64, default 200), `--trials-large N` (at
+//! d = 2048, default 40: each costs a kernel pass over 2N × 2N entries of dimension 2048),
+//! `--boot-trials N` (trials of the bootstrap interval at d = 64, default 100) and
+//! `--boot-trials-large N` (at d = 2048, default 8): each needs `--resamples` kernel passes,
+//! `--resamples B` (default 40), `--fid-trials N` (trials of the FID∞ interval, default 30: each
 //! is 11 × 2 × 8 FID evaluations), `--only-d D` (one dimension),
 //! `--quick` (20 trials, 10 at d = 2048, 5 bootstrap and FID∞ trials, 20 resamples), `--seed S`. The environment variable
 //! GAPMETER_COVERAGE_ARGS is read as extra arguments (the Makefile's way in).
@@ -156,6 +156,7 @@ struct Tally {
     covered: usize,
     width: f64,
     contains_point: usize,
+    points: f64,
 }
 
 impl Tally {
@@ -164,15 +165,17 @@ impl Tally {
         self.covered += usize::from(ci.contains(truth));
         self.contains_point += usize::from(ci.contains(point));
         self.width += ci.high - ci.low;
+        self.points += point;
     }
 
     fn row(&self, cell: &str, what: &str, truth: f64) -> String {
         if self.trials == 0 {
-            return format!("| {cell} | {what} | {truth:.4e} | — | — | — |");
+            return format!("| {cell} | {what} | {truth:.4e} | — | — | — | — |");
         }
         let t = self.trials as f64;
         format!(
-            "| {cell} | {what} | {truth:.4e} | {} | {:.1} % | {:.3e} |{}",
+            "| {cell} | {what} | {truth:.4e} | {:.4e} | {} | {:.1} % | {:.3e} |{}",
+            self.points / t,
             self.trials,
             100.0 * self.covered as f64 / t,
             self.width / t,
@@ -202,13 +205,13 @@ fn options() -> Options {
         args.extend(extra.split_whitespace().map(String::from));
     }
     let mut o = Options {
-        trials: 100,
-        trials_large: 20,
-        fid_trials: 20,
+        trials: 200,
+        trials_large: 40,
+        fid_trials: 30,
         only_d: None,
-        boot_trials: 40,
-        boot_trials_large: 5,
-        resamples: 30,
+        boot_trials: 100,
+        boot_trials_large: 8,
+        resamples: 40,
         seed: 1,
     };
     let mut it = args.into_iter();
@@ -257,8 +260,10 @@ fn main() -> Result<(), MetricError> {
         o.fid_trials.min(o.trials),
     );
     println!();
-    println!("| case, d, N | interval | true value | trials | coverage | mean width |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| case, d, N | interval | true value | mean estimate | trials | coverage | mean width |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for d in [64usize, 2048] {
         if o.only_d.is_some_and(|only| only != d) {
             continue;
@@ -351,7 +356,9 @@ fn main() -> Result<(), MetricError> {
                         fid_inf.row(&cell, "FID∞, jackknife of the fit", true_fid)
                     );
                 } else {
-                    println!("| {cell} | FID∞ | {true_fid:.4e} | — | none: N < 1.25·(d+1) | — |");
+                    println!(
+                        "| {cell} | FID∞ | {true_fid:.4e} | — | — | none: N < 1.25·(d+1) | — |"
+                    );
                 }
                 eprintln!("  {cell}: {:.1} s", cell_start.elapsed().as_secs_f64());
             }
