@@ -10,10 +10,10 @@
 //! being symmetric, the same third moments) has the same true KID and the same true FID.
 //!
 //! Options: `--trials N` (trials per cell at d = 64, default 200), `--trials-large N` (at
-//! d = 2048, default 40: each costs a kernel pass over 2N × 2N entries of dimension 2048),
+//! d = 2048, default 100: each costs a kernel pass over 2N × 2N entries of dimension 2048),
 //! `--boot-trials N` (trials of the bootstrap interval at d = 64, default 100) and
-//! `--boot-trials-large N` (at d = 2048, default 8): each needs `--resamples` kernel passes,
-//! `--resamples B` (default 40), `--fid-trials N` (trials of the FID∞ interval, default 30: each
+//! `--boot-trials-large N` (at d = 2048, default 20): each needs `--resamples` kernel passes,
+//! `--resamples B` (default 40), `--fid-trials N` (trials of the FID∞ interval, default 60: each
 //! is 11 × 2 × 8 FID evaluations), `--only-d D` (one dimension),
 //! `--quick` (20 trials, 10 at d = 2048, 5 bootstrap and FID∞ trials, 20 resamples), `--seed S`. The environment variable
 //! GAPMETER_COVERAGE_ARGS is read as extra arguments (the Makefile's way in).
@@ -206,11 +206,11 @@ fn options() -> Options {
     }
     let mut o = Options {
         trials: 200,
-        trials_large: 40,
-        fid_trials: 30,
+        trials_large: 100,
+        fid_trials: 60,
         only_d: None,
         boot_trials: 100,
-        boot_trials_large: 8,
+        boot_trials_large: 20,
         resamples: 40,
         seed: 1,
     };

@@ -413,14 +413,13 @@ fn small_sample_warnings(
 fn overlaps(intervals: &BTreeMap<String, Vec<Vec<Option<Interval>>>>) -> Vec<Overlap> {
     let mut out = Vec::new();
     for (metric, table) in intervals {
-        let n = table.len();
-        for i in 0..n {
-            for j in 0..n {
-                for k in (j + 1)..n {
+        for (i, row) in table.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                for (k, b) in row.iter().enumerate().skip(j + 1) {
                     if i == j || i == k {
                         continue;
                     }
-                    if let (Some(a), Some(b)) = (&table[i][j], &table[i][k]) {
+                    if let (Some(a), Some(b)) = (a, b) {
                         if a.overlaps(b) {
                             out.push(Overlap {
                                 metric: metric.clone(),
