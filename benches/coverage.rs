@@ -346,10 +346,7 @@ fn main() -> Result<(), MetricError> {
                     "{}",
                     jack.row(&cell, "KID, jackknife (`standard_error`)", true_kid)
                 );
-                println!(
-                    "{}",
-                    boot.row(&cell, "KID, bootstrap (`--bootstrap`)", true_kid)
-                );
+                println!("{}", boot.row(&cell, "KID, bootstrap SE alone", true_kid));
                 if fid_start.is_some() {
                     println!(
                         "{}",
