@@ -124,7 +124,7 @@ fn score_reports_what_each_interval_is_and_which_metrics_have_none() {
         "{table}"
     );
     assert!(
-        table.contains("(1) normal, bootstrap standard error"),
+        table.contains("(1) normal, standard error the larger of"),
         "{table}"
     );
 }
