@@ -53,7 +53,8 @@ pub struct Kid {
     /// Standard error of `mean` as an estimate of the population MMD², from
     /// [`standard_error_method`](Self::standard_error_method).
     pub standard_error: f64,
-    /// `"jackknife"`: the two-sample jackknife variance of the full-sample U-statistic (which
+    /// `"none"` (NaN standard error) when a set has only 2 samples. `"jackknife"`: the two-sample
+    /// jackknife variance of the full-sample U-statistic (which
     /// the subset mean estimates without bias) plus the subsets' own Monte Carlo variance
     /// std²/(subsets−1). `"subsets"` (sets too large for the jackknife): the spread over subsets
     /// scaled to the full sample, std²·(m/(n−m) + 1/(subsets−1)) for subset size m and smaller
@@ -144,10 +145,13 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
             monte_carlo * n * m as f64 / (n_min - m) as f64 + monte_carlo,
             "subsets",
         )
-    } else {
+    } else if n_min >= 3 {
         let kernel = |a: &Tensor, b: &Tensor| kernel(a, b, gamma, params.coef0, params.degree);
         let (_, jack) = ustat::jackknife(&xs, &xt, kernel)?;
         (jack + monte_carlo, "jackknife")
+    } else {
+        // Leaving one of two samples out leaves no pair: no variance estimate exists.
+        (f64::NAN, "none")
     };
     Ok(Kid {
         mean,
@@ -317,6 +321,15 @@ mod tests {
         // Every subset is the whole set: the standard error is the full-sample jackknife's.
         assert_eq!(k.standard_error_method, "jackknife");
         assert!(k.standard_error > 1e-3 * k.mean.abs(), "{k:?}");
+    }
+
+    #[test]
+    fn two_samples_give_a_value_without_a_standard_error() {
+        let a = uniform(2, 3, 0.0, 10);
+        let b = uniform(2, 3, 0.5, 11);
+        let k = kid(a.view(), b.view(), &KidParams::default()).unwrap();
+        assert!(k.mean.is_finite() && k.standard_error.is_nan());
+        assert_eq!(k.standard_error_method, "none");
     }
 
     #[test]

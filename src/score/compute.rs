@@ -173,11 +173,15 @@ pub fn compute(
             warnings.extend(kid.warnings.iter().cloned());
             vec![(
                 name,
-                MetricValue::mean_std(kid.mean, kid.std)
-                    .with("standard_error", kid.standard_error)
-                    .with("standard_error_method", kid.standard_error_method)
-                    .with("subset_size", kid.subset_size)
-                    .with("subsets", kid.subsets),
+                if kid.standard_error.is_finite() {
+                    MetricValue::mean_std(kid.mean, kid.std)
+                        .with("standard_error", kid.standard_error)
+                        .with("standard_error_method", kid.standard_error_method)
+                } else {
+                    MetricValue::mean_std(kid.mean, kid.std)
+                }
+                .with("subset_size", kid.subset_size)
+                .with("subsets", kid.subsets),
             )]
         }
         MetricName::Is => {
