@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-upload bench-jobs lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-upload bench-jobs coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -58,6 +58,12 @@ bench-upload: setup
 ## bench-jobs: latency of scoring through HTTP: cold job, cached re-score p50/p99 (needs PostgreSQL)
 bench-jobs: models
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench rescore
+
+## coverage: simulate the intervals' coverage on distributions with known FID and KID (prints the
+## table of docs/metrics.md; COVERAGE_ARGS=--quick for a fast look, "--only-d 64" for one half).
+## One libtorch thread: its many small operations run faster without OpenMP's spinning.
+coverage: setup
+	OMP_NUM_THREADS=1 GAPMETER_COVERAGE_ARGS="$(COVERAGE_ARGS)" $(WITH) cargo bench --profile dev --bench coverage
 
 ## lint: formatting and clippy, as CI runs them
 lint:

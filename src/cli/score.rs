@@ -90,15 +90,16 @@ pub struct ScoreArgs {
     pub target: String,
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Percentile bootstrap intervals for every metric, from this many resamples (each resample
-    /// recomputes every metric: KID's cost times N).
+    /// Intervals: KID and unbiased MMD from this many resamples that never pair a sample with its
+    /// own copy (KID's cost times N); FID∞ (with --infinity) from a jackknife of its fit. Other
+    /// metrics get none (docs/metrics.md, "Intervals").
     #[arg(long)]
     pub bootstrap: Option<usize>,
-    /// Level of the bootstrap intervals.
+    /// Level of the intervals.
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Also report FID∞ / KID∞: the metric on source subsets of several sizes, fitted linearly in
-    /// 1/N and extrapolated to N → ∞ (Chong & Forsyth 2020).
+    /// Also report FID∞ / KID∞: the metric on subsets of both sets at several sizes, fitted
+    /// linearly in 1/N and extrapolated to N → ∞ (Chong & Forsyth 2020).
     #[arg(long)]
     pub infinity: bool,
     /// Number of sample sizes for --infinity.

@@ -32,10 +32,13 @@ pub struct ScoreRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 10000)]
     pub top_k: Option<usize>,
-    /// Percentile bootstrap intervals for every metric.
+    /// Confidence intervals for the population value where one is known to cover (docs/metrics.md,
+    /// "Intervals"): KID and unbiased MMD (a bootstrap that never pairs a sample with its own
+    /// copy, or the jackknife, whichever is wider), FID∞ with `infinity_points` (a
+    /// delete-a-group jackknife of the whole fit). Other metrics get none, and a warning says why.
     #[serde(default)]
     pub bootstrap: Option<Bootstrap>,
-    /// FID∞ / KID∞ from this many source sample sizes.
+    /// FID∞ / KID∞ from this many sample sizes (both sets subsampled at the same fraction).
     #[serde(default)]
     #[schema(minimum = 2, maximum = 50)]
     pub infinity_points: Option<usize>,

@@ -1,4 +1,4 @@
-//! Fréchet Inception Distance (Heusel et al. 2017), DESIGN §4.
+//! Fréchet Inception Distance (Heusel et al. 2017); docs/metrics.md, "Content gap".
 //!
 //! FID = ‖μS−μT‖² + tr ΣS + tr ΣT − 2·tr (ΣS ΣT)^½ in float64.
 //!
@@ -228,7 +228,8 @@ mod tests {
 
     #[test]
     fn symmetric_route_equals_general_eigenvalues_of_the_product() {
-        // The definition in DESIGN §4: Σ √max(Re λ, 0) over eigenvalues of ΣSΣT.
+        // The textbook definition, as torch-fidelity applies it: Σ √max(Re λ, 0) over the eigenvalues
+        // of ΣSΣT.
         let a = gaussian_sample(200, 12, 1.0, 9);
         let b = gaussian_sample(180, 12, 0.7, 10);
         let gs = FeatureStats::from_features(a.view()).unwrap().gaussian();
@@ -244,6 +245,34 @@ mod tests {
         let fid = fid_from_gaussians(&gs, &gt).unwrap();
         let expected = fid.mean_term + trace(&gs.cov, 12) + trace(&gt.cov, 12) - 2.0 * re;
         assert!(((fid.value - expected) / expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fid_infinity_interval_contains_the_analytic_value() {
+        // N(0, I₄) vs N(0.5, 1.5² I₄): FID = 4·(0.25 + 0.25) = 2. At N = 300 the plain FID is
+        // biased upwards by about tr-terms/N; FID∞ removes that and its interval covers 2.
+        use crate::metrics::{fid_infinity_start, sizes_between, subsample_fit, SubsampleFit};
+        let (n, d) = (300, 4);
+        let a = gaussian_sample(n, d, 1.0, 11);
+        let b = gaussian_sample(n, d, 1.5, 12) + 0.5;
+        let start = fid_infinity_start(n, d).unwrap();
+        let fit = SubsampleFit {
+            sizes: sizes_between((start * n as f64).ceil() as usize, n, 5),
+            repetitions: 2,
+            seed: 3,
+        };
+        let (line, ci) = subsample_fit(n, Some(n), &fit, Some(0.95), |si, ti| {
+            let x = a.select(ndarray::Axis(0), si);
+            let y = b.select(ndarray::Axis(0), ti);
+            Ok::<_, MetricError>(fid_from_features(x.view(), y.view())?.value)
+        })
+        .unwrap();
+        let ci = ci.unwrap();
+        assert!(
+            ci.contains(2.0) && ci.contains(line.value),
+            "{line:?} {ci:?}"
+        );
+        assert!(ci.high - ci.low < 2.0, "{ci:?}");
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! Kernel Inception Distance (Bińkowski et al. 2018) with torch-fidelity's defaults, DESIGN §4.
+//! Kernel Inception Distance (Bińkowski et al. 2018) with torch-fidelity's defaults: the unbiased
+//! MMD² with a cubic polynomial kernel, averaged over random subsets. Also its standard error and
+//! the statistic on a resample, for intervals (docs/metrics.md, "Intervals").
 use ndarray::ArrayView2;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::{linalg, rng::LegacyRandomState, MetricError};
+use super::{linalg, rng::LegacyRandomState, ustat, MetricError};
+
+/// Up to this many samples in both sets together, the standard error comes from the jackknife of
+/// the full-sample U-statistic, whose kernel pass then costs at most about a quarter of the 100
+/// default subsets of 1000; above it, from the spread over subsets.
+const JACKKNIFE_MAX_SAMPLES: usize = 10_000;
 
 /// KID parameters; `Default` is torch-fidelity's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,11 +42,24 @@ impl Default for KidParams {
     }
 }
 
-/// KID over subsets: mean and (population) standard deviation of the per-subset unbiased MMD².
+/// KID over subsets: mean and (population) standard deviation of the per-subset unbiased MMD²,
+/// and the standard error of the mean.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Kid {
     pub mean: f64,
+    /// torch-fidelity's `kid_std`: the spread of the subset values around their mean. It is not
+    /// a standard error: subsets overlap, and when every subset is the whole set it is 0.
     pub std: f64,
+    /// Standard error of `mean` as an estimate of the population MMD², from
+    /// [`standard_error_method`](Self::standard_error_method).
+    pub standard_error: f64,
+    /// `"none"` (NaN standard error) when a set has only 2 samples. `"jackknife"`: the two-sample
+    /// jackknife variance of the full-sample U-statistic (which
+    /// the subset mean estimates without bias) plus the subsets' own Monte Carlo variance
+    /// std²/(subsets−1). `"subsets"` (sets too large for the jackknife): the spread over subsets
+    /// scaled to the full sample, std²·(m/(n−m) + 1/(subsets−1)) for subset size m and smaller
+    /// set size n, which holds to first order and errs on the large side beyond it.
+    pub standard_error_method: &'static str,
     /// The subset size actually used.
     pub subset_size: usize,
     pub subsets: usize,
@@ -113,13 +133,103 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let std = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    // Variance of the average of `subsets` draws around the full-sample statistic.
+    let monte_carlo = if params.subsets > 1 {
+        std * std / (n - 1.0)
+    } else {
+        0.0
+    };
+    let n_min = ns.min(nt);
+    let (variance, method) = if ns + nt > JACKKNIFE_MAX_SAMPLES && n_min > m && params.subsets > 1 {
+        (
+            monte_carlo * n * m as f64 / (n_min - m) as f64 + monte_carlo,
+            "subsets",
+        )
+    } else if n_min >= 3 {
+        let kernel = |a: &Tensor, b: &Tensor| kernel(a, b, gamma, params.coef0, params.degree);
+        let (_, jack) = ustat::jackknife(&xs, &xt, kernel)?;
+        (jack + monte_carlo, "jackknife")
+    } else {
+        // Leaving one of two samples out leaves no pair: no variance estimate exists.
+        (f64::NAN, "none")
+    };
     Ok(Kid {
         mean,
         std,
+        standard_error: variance.sqrt(),
+        standard_error_method: method,
         subset_size: m,
         subsets: params.subsets,
         warnings,
     })
+}
+
+/// KID of a resample: rows `rows_s` of `s` and `rows_t` of `t`, drawn with replacement. Subsets
+/// are drawn from the resample as [`kid`] draws them, and within each subset the within-set
+/// kernel means skip every pair of copies of one original sample, so duplicates cannot pose as
+/// pairs of identical draws (docs/metrics.md, "Intervals"). The resample's statistic is then
+/// centred on the original sample's full U-statistic.
+///
+/// ```
+/// use gapmeter::metrics::{kid, kid_resampled, KidParams};
+/// use ndarray::Array2;
+/// let a = Array2::from_shape_fn((30, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 11.0);
+/// let p = KidParams { subsets: 1, subset_size: 30, ..KidParams::default() };
+/// let identity: Vec<usize> = (0..30).collect();
+/// let same = kid_resampled(a.view(), a.view(), &p, &identity, &identity).unwrap();
+/// assert!((same - kid(a.view(), a.view(), &p).unwrap().mean).abs() < 1e-12);
+/// ```
+pub fn kid_resampled(
+    s: ArrayView2<f64>,
+    t: ArrayView2<f64>,
+    params: &KidParams,
+    rows_s: &[usize],
+    rows_t: &[usize],
+) -> Result<f64, MetricError> {
+    let d = s.ncols();
+    if d != t.ncols() {
+        return Err(MetricError::DimensionMismatch(d, t.ncols()));
+    }
+    let (ns, nt) = (rows_s.len(), rows_t.len());
+    if ns.min(nt) < 2 || params.subsets == 0 || params.subset_size < 2 {
+        return Err(MetricError::InvalidParameter(
+            "a KID resample needs two rows per set, a subset and a subset size of 2 or more".into(),
+        ));
+    }
+    if rows_s.iter().any(|&i| i >= s.nrows()) || rows_t.iter().any(|&i| i >= t.nrows()) {
+        return Err(MetricError::InvalidParameter(
+            "resample row out of range".into(),
+        ));
+    }
+    let m = params.subset_size.min(ns).min(nt);
+    let gamma = params.gamma.unwrap_or(1.0 / d as f64);
+    let xs = linalg::tensor(s);
+    let xt = linalg::tensor(t);
+    let mut rng = LegacyRandomState::new(params.seed);
+    let mut total = 0.0;
+    for _ in 0..params.subsets {
+        let origin_s: Vec<usize> = rng
+            .choice_without_replacement(ns, m)
+            .into_iter()
+            .map(|p| rows_s[p])
+            .collect();
+        let origin_t: Vec<usize> = rng
+            .choice_without_replacement(nt, m)
+            .into_iter()
+            .map(|p| rows_t[p])
+            .collect();
+        let a = xs.f_index_select(0, &index(&origin_s))?;
+        let b = xt.f_index_select(0, &index(&origin_t))?;
+        let k = |x: &Tensor, y: &Tensor| kernel(x, y, gamma, params.coef0, params.degree);
+        total += ustat::distinct_origin_mmd2(
+            &k(&a, &a)?,
+            &k(&b, &b)?,
+            &k(&a, &b)?,
+            &origin_s,
+            &origin_t,
+        )?;
+    }
+    Ok(total / params.subsets as f64)
 }
 
 fn index(rows: &[usize]) -> Tensor {
@@ -208,6 +318,76 @@ mod tests {
             k.mean
         );
         assert_eq!(k.std, 0.0);
+        // Every subset is the whole set: the standard error is the full-sample jackknife's.
+        assert_eq!(k.standard_error_method, "jackknife");
+        assert!(k.standard_error > 1e-3 * k.mean.abs(), "{k:?}");
+    }
+
+    #[test]
+    fn two_samples_give_a_value_without_a_standard_error() {
+        let a = uniform(2, 3, 0.0, 10);
+        let b = uniform(2, 3, 0.5, 11);
+        let k = kid(a.view(), b.view(), &KidParams::default()).unwrap();
+        assert!(k.mean.is_finite() && k.standard_error.is_nan());
+        assert_eq!(k.standard_error_method, "none");
+    }
+
+    #[test]
+    fn standard_error_tracks_the_spread_over_repeated_draws() {
+        // Over independent draws of the same pair of distributions, the KID values scatter by
+        // about the standard error that each draw reports.
+        let params = KidParams {
+            subsets: 1,
+            subset_size: 60,
+            ..KidParams::default()
+        };
+        let (mut values, mut ses) = (Vec::new(), Vec::new());
+        for seed in 0..20 {
+            let a = uniform(60, 4, 0.0, 100 + seed);
+            let b = uniform(60, 4, 0.3, 200 + seed);
+            let k = kid(a.view(), b.view(), &params).unwrap();
+            values.push(k.mean);
+            ses.push(k.standard_error);
+        }
+        let m = values.iter().sum::<f64>() / 20.0;
+        let sd = (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 19.0).sqrt();
+        let se = ses.iter().sum::<f64>() / 20.0;
+        assert!(
+            se > 0.6 * sd && se < 2.0 * sd,
+            "reported {se}, observed {sd}"
+        );
+    }
+
+    #[test]
+    fn a_resample_without_duplicates_is_the_statistic_itself_and_copies_are_skipped() {
+        let a = uniform(25, 3, 0.0, 8);
+        let b = uniform(25, 3, 0.2, 9);
+        let p = KidParams {
+            subsets: 3,
+            subset_size: 20,
+            ..KidParams::default()
+        };
+        let all: Vec<usize> = (0..25).collect();
+        let point = kid(a.view(), b.view(), &p).unwrap().mean;
+        let same = kid_resampled(a.view(), b.view(), &p, &all, &all).unwrap();
+        assert!((same - point).abs() < 1e-12 * point.abs().max(1.0));
+        // A resample made of two copies of each of 12 samples: pairs of copies would add
+        // k(x, x) terms; the result must equal the plain statistic on the 12 distinct samples
+        // (one full subset: every pair of distinct originals appears 4 times).
+        let twice: Vec<usize> = (0..12).flat_map(|i| [i, i]).collect();
+        let full = KidParams {
+            subsets: 1,
+            subset_size: 24,
+            ..KidParams::default()
+        };
+        let doubled = kid_resampled(a.view(), b.view(), &full, &twice, &twice).unwrap();
+        let a12 = a.slice(ndarray::s![..12, ..]).to_owned();
+        let b12 = b.slice(ndarray::s![..12, ..]).to_owned();
+        let plain = naive_mmd2(&a12, &b12);
+        assert!(
+            ((doubled - plain) / plain).abs() < 1e-10,
+            "{doubled} vs {plain}"
+        );
     }
 
     #[test]

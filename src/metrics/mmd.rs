@@ -3,7 +3,7 @@ use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{linalg, rng::LegacyRandomState, MetricError};
+use super::{linalg, rng::LegacyRandomState, ustat, MetricError};
 
 /// How the RBF bandwidth σ in k(x, y) = exp(−‖x−y‖² / (2σ²)) is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,10 @@ impl Default for MmdParams {
 pub struct Mmd {
     pub value: f64,
     pub sigma: f64,
+    /// Unbiased estimator only: the two-sample jackknife standard error of the U-statistic (as
+    /// KID's; docs/metrics.md, "Intervals"). The biased estimator has none: its bias is not a
+    /// sampling error.
+    pub standard_error: Option<f64>,
 }
 
 /// Squared pairwise Euclidean distances, as sklearn and the CMMD reference form them:
@@ -118,6 +122,41 @@ fn median_sigma(a: &Tensor, b: &Tensor, seed: u32) -> Result<f64, MetricError> {
     Ok(median)
 }
 
+fn rbf(x: &Tensor, y: &Tensor, sigma: f64) -> Result<Tensor, MetricError> {
+    let gamma = 1.0 / (2.0 * sigma * sigma);
+    Ok(squared_distances(x, y)?.f_mul_scalar(-gamma)?.f_exp()?)
+}
+
+/// Unbiased RBF MMD² of a resample (rows `rows_s` of `s`, `rows_t` of `t`, drawn with
+/// replacement) at a fixed bandwidth, skipping pairs of copies of one sample in the within-set
+/// means, like [`kid_resampled`](super::kid_resampled).
+pub fn mmd_resampled(
+    s: ArrayView2<f64>,
+    t: ArrayView2<f64>,
+    sigma: f64,
+    rows_s: &[usize],
+    rows_t: &[usize],
+) -> Result<f64, MetricError> {
+    check(s, t, "MMD")?;
+    if rows_s.iter().any(|&i| i >= s.nrows()) || rows_t.iter().any(|&i| i >= t.nrows()) {
+        return Err(MetricError::InvalidParameter(
+            "resample row out of range".into(),
+        ));
+    }
+    let pick = |x: ArrayView2<f64>, rows: &[usize]| -> Result<Tensor, MetricError> {
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        Ok(linalg::tensor(x).f_index_select(0, &Tensor::from_slice(&idx))?)
+    };
+    let (a, b) = (pick(s, rows_s)?, pick(t, rows_t)?);
+    ustat::distinct_origin_mmd2(
+        &rbf(&a, &a, sigma)?,
+        &rbf(&b, &b, sigma)?,
+        &rbf(&a, &b, sigma)?,
+        rows_s,
+        rows_t,
+    )
+}
+
 fn rbf_mmd2(a: &Tensor, b: &Tensor, sigma: f64, estimator: Estimator) -> Result<f64, MetricError> {
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let k = |x: &Tensor, y: &Tensor| -> Result<Tensor, MetricError> {
@@ -158,9 +197,18 @@ pub fn mmd(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &MmdParams) -> Result
         }
         Bandwidth::Median => median_sigma(&a, &b, params.seed)?,
     };
+    let standard_error = match params.estimator {
+        Estimator::Biased => None,
+        Estimator::Unbiased if s.nrows().min(t.nrows()) >= 3 => {
+            let (_, var) = ustat::jackknife(&a, &b, |x, y| rbf(x, y, sigma))?;
+            Some(var.sqrt())
+        }
+        Estimator::Unbiased => None,
+    };
     Ok(Mmd {
         value: rbf_mmd2(&a, &b, sigma, params.estimator)?,
         sigma,
+        standard_error,
     })
 }
 

@@ -14,16 +14,18 @@ mod resampling;
 pub mod rng;
 mod stats;
 mod style;
+mod ustat;
 
 pub use fid::{fid_from_features, fid_from_gaussians, Fid};
 pub use inception_score::{inception_score, InceptionScore, IsParams};
-pub use kid::{kid, Kid, KidParams};
-pub use mmd::{cmmd, median_bandwidth, mmd, Bandwidth, Estimator, Mmd, MmdParams};
+pub use kid::{kid, kid_resampled, Kid, KidParams};
+pub use mmd::{cmmd, median_bandwidth, mmd, mmd_resampled, Bandwidth, Estimator, Mmd, MmdParams};
 pub use per_image::{per_image_gap, ImageGap};
 pub use prdc::{prdc, Prdc, PrdcParams};
 pub use resampling::{
-    bootstrap, extrapolate, extrapolation_sizes, fit_inverse_n, BootstrapParams, Extrapolation,
-    Interval,
+    distinct_origin_pairs, extrapolation_sizes, fid_infinity_start, fit_inverse_n, normal_quantile,
+    resample_with_replacement, sizes_between, subsample_fit, BootstrapParams, Extrapolation,
+    Interval, SubsampleFit, Target, FIT_REPETITIONS, JACKKNIFE_GROUPS,
 };
 pub use stats::{FeatureStats, Gaussian};
 pub use style::{image_covariances, per_image_style_distance, style_gap, StyleGap, StyleSet};

@@ -1,4 +1,4 @@
-//! Per-image gap: which source images are farthest out of the target domain, DESIGN §4.
+//! Per-image gap: which source images are farthest out of the target domain; docs/metrics.md, "Per-image gap".
 use ndarray::ArrayView2;
 use serde::Serialize;
 use tch::{Kind, Tensor};

@@ -1,4 +1,5 @@
-//! Sufficient statistics of a feature set, kept so they merge exactly (DESIGN §3).
+//! Sufficient statistics of a feature set, kept so they merge exactly; docs/metrics.md,
+//! "Sufficient statistics".
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 

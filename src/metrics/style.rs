@@ -1,5 +1,5 @@
 //! The style gap (after RobustNet's instance-whitening and Deep CORAL): second-order statistics of
-//! an early feature map, per image and per domain, DESIGN §4.
+//! an early feature map, per image and per domain; docs/metrics.md, "Style gap".
 use serde::Serialize;
 use tch::{Kind, Tensor};
 

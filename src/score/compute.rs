@@ -84,7 +84,7 @@ pub struct MetricParams {
 }
 
 /// One reported quantity: a `value`, or a `mean` and `std` for subset-based metrics, an optional
-/// bootstrap interval and metric-specific details.
+/// interval and metric-specific details.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct MetricValue {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,7 +93,7 @@ pub struct MetricValue {
     pub mean: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub std: Option<f64>,
-    /// Percentile bootstrap interval (`--bootstrap`).
+    /// Interval (`--bootstrap`), naming its method and its target (docs/metrics.md, "Intervals").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ci: Option<Interval>,
     /// FID∞ / KID∞ fit (`--infinity`).
@@ -173,9 +173,15 @@ pub fn compute(
             warnings.extend(kid.warnings.iter().cloned());
             vec![(
                 name,
-                MetricValue::mean_std(kid.mean, kid.std)
-                    .with("subset_size", kid.subset_size)
-                    .with("subsets", kid.subsets),
+                if kid.standard_error.is_finite() {
+                    MetricValue::mean_std(kid.mean, kid.std)
+                        .with("standard_error", kid.standard_error)
+                        .with("standard_error_method", kid.standard_error_method)
+                } else {
+                    MetricValue::mean_std(kid.mean, kid.std)
+                }
+                .with("subset_size", kid.subset_size)
+                .with("subsets", kid.subsets),
             )]
         }
         MetricName::Is => {
@@ -195,12 +201,15 @@ pub fn compute(
         MetricName::Mmd => {
             let (a, b) = both("MMD")?;
             let m = metrics::mmd(a.view(), b.view(), &p.mmd).context("computing MMD")?;
-            vec![(
-                name,
-                MetricValue::scalar(m.value)
-                    .with("sigma", m.sigma)
-                    .with("estimator", p.mmd.estimator),
-            )]
+            let mut v = MetricValue::scalar(m.value)
+                .with("sigma", m.sigma)
+                .with("estimator", p.mmd.estimator);
+            if let Some(se) = m.standard_error {
+                v = v
+                    .with("standard_error", se)
+                    .with("standard_error_method", "jackknife");
+            }
+            vec![(name, v)]
         }
         MetricName::Cmmd => {
             let (a, b) = both("CMMD")?;

@@ -43,7 +43,7 @@ pub struct ExtractedSet {
     /// Paths of the rows of `features`, in order.
     pub paths: Vec<String>,
     pub skipped: Vec<Skipped>,
-    /// The set's content hash ([`crate::content::dataset_hash`] over every file).
+    /// The set's content hash ([`crate::content::dataset_hash`] over every file, in any order).
     pub content_hash: String,
 }
 

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
 use crate::features::{Extractor, Manifest};
-use crate::metrics::BootstrapParams;
+use crate::metrics::{BootstrapParams, Interval, Target};
 
-/// One score: values, both inputs' provenance, the extractor and every parameter (DESIGN §1).
+/// One score: values, both inputs' provenance, the extractor and every parameter, so that the
+/// result says everything that decided it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub source: SetProvenance,
@@ -56,9 +57,23 @@ pub struct MatrixReport {
     pub extractor: Option<ExtractorInfo>,
     /// By metric name: a symmetric table, `[i][j]` between set i and set j.
     pub metrics: BTreeMap<String, Vec<Vec<f64>>>,
+    /// With `--bootstrap`: by metric name, each entry's interval (`None` on the diagonal).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub intervals: BTreeMap<String, Vec<Vec<Option<Interval>>>>,
+    /// Comparisons the intervals cannot resolve: two gaps to a common set whose intervals overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlapping: Vec<Overlap>,
     pub parameters: BTreeMap<String, serde_json::Value>,
     pub warnings: Vec<String>,
     pub software: Software,
+}
+
+/// Two entries of a gap matrix, `[i, j]` and `[i, k]` (0-based set indices), whose intervals
+/// overlap: whether set j or set k is closer to set i is not resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overlap {
+    pub metric: String,
+    pub pairs: [[usize; 2]; 2],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,13 +164,14 @@ impl Report {
         let _ = write!(out, "{:<26} {:>16} {:>14}", "metric", "value", "std");
         if with_ci {
             let level = self
-                .bootstrap
-                .as_ref()
-                .map(|b| b.level * 100.0)
-                .unwrap_or(95.0);
-            let _ = write!(out, "   {level:.0}% bootstrap interval");
+                .metrics
+                .values()
+                .find_map(|v| v.ci.as_ref().map(|c| c.level))
+                .unwrap_or(0.95);
+            let _ = write!(out, "   {:.0}% interval", level * 100.0);
         }
         let _ = writeln!(out);
+        let mut methods: Vec<String> = Vec::new();
         for (name, v) in &self.metrics {
             let std = v.std.map(|s| format!("{s:.8}")).unwrap_or_default();
             let _ = write!(
@@ -166,7 +182,15 @@ impl Report {
                 std
             );
             if let Some(ci) = &v.ci {
-                let _ = write!(out, "   [{:.6}, {:.6}]", ci.low, ci.high);
+                let key = format!("{} ({})", ci.method, target_words(ci.target));
+                let number = match methods.iter().position(|m| *m == key) {
+                    Some(i) => i + 1,
+                    None => {
+                        methods.push(key);
+                        methods.len()
+                    }
+                };
+                let _ = write!(out, "   [{:.6}, {:.6}] ({number})", ci.low, ci.high);
             }
             if let Some(fit) = &v.fit {
                 let _ = write!(
@@ -178,6 +202,12 @@ impl Report {
                 );
             }
             let _ = writeln!(out);
+        }
+        if !methods.is_empty() {
+            let _ = writeln!(out);
+            for (i, m) in methods.iter().enumerate() {
+                let _ = writeln!(out, "({}) {m}", i + 1);
+            }
         }
         if let Some(p) = &self.per_image {
             let _ = writeln!(out, "\nmost out-of-domain source images ({}):", p.ranked_by);
@@ -224,13 +254,54 @@ impl MatrixReport {
                 }
                 let _ = writeln!(out);
             }
+            if let Some(cis) = self.intervals.get(name) {
+                let _ = writeln!(out, "intervals:");
+                for (i, row) in cis.iter().enumerate() {
+                    for (j, ci) in row.iter().enumerate().skip(i + 1) {
+                        if let Some(ci) = ci {
+                            let _ = writeln!(
+                                out,
+                                "  [{}]–[{}]  [{:.6}, {:.6}] ({:.0}%, {})",
+                                i + 1,
+                                j + 1,
+                                ci.low,
+                                ci.high,
+                                ci.level * 100.0,
+                                target_words(ci.target)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if !self.overlapping.is_empty() {
+            let _ = writeln!(out, "\nnot resolved (overlapping intervals):");
+            for o in &self.overlapping {
+                let [[i, j], [_, k]] = o.pairs;
+                let _ = writeln!(
+                    out,
+                    "  {}: [{}]–[{}] vs [{}]–[{}]",
+                    display_name(&o.metric),
+                    i + 1,
+                    j + 1,
+                    i + 1,
+                    k + 1
+                );
+            }
         }
         warnings(&mut out, &self.warnings);
         out
     }
 }
 
-fn display_name(name: &str) -> String {
+fn target_words(t: Target) -> &'static str {
+    match t {
+        Target::Population => "target: population",
+        Target::ThisSampleSize => "target: this sample size",
+    }
+}
+
+pub(super) fn display_name(name: &str) -> String {
     match name {
         "fid" | "kid" | "mmd" | "cmmd" => name.to_uppercase(),
         "is" => "IS (source)".into(),
