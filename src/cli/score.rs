@@ -117,6 +117,13 @@ pub struct MatrixArgs {
     pub sets: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Intervals for every pair (KID and unbiased MMD, as `score --bootstrap`), and the list of
+    /// comparisons they cannot order (`overlapping`).
+    #[arg(long)]
+    pub bootstrap: Option<usize>,
+    /// Level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
 }
 
 impl CommonArgs {
@@ -201,7 +208,12 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_matrix(args: MatrixArgs) -> anyhow::Result<()> {
-    let opts = args.common.options();
+    let mut opts = args.common.options();
+    opts.bootstrap = args.bootstrap.map(|resamples| BootstrapParams {
+        resamples,
+        level: args.confidence,
+        seed: args.common.seed,
+    });
     let report = matrix(&args.sets, &opts)?;
     print(
         args.common.format,

@@ -59,6 +59,10 @@ pub struct MatrixRequest {
     pub metrics: Option<Vec<MetricName>>,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Intervals for every pair (KID and unbiased MMD), and the comparisons they cannot order
+    /// (`overlapping` in the result).
+    #[serde(default)]
+    pub bootstrap: Option<Bootstrap>,
 }
 
 /// The metrics a gap matrix accepts (documentation of [`MatrixRequest::metrics`]).
@@ -261,7 +265,7 @@ impl JobSpec {
             metrics,
             parameters: req.parameters,
             top_k: None,
-            bootstrap: None,
+            bootstrap: req.bootstrap,
             infinity_points: None,
         };
         spec.validate()?;

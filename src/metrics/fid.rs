@@ -173,8 +173,10 @@ mod tests {
             n: None,
         };
         let fid = fid_from_gaussians(&s, &t).unwrap();
+        // 1e-9 relative: the eigensolver's result varies in its last digits with how LAPACK is
+        // threaded while other tests run (a full-suite run once gave 19.9999999984 here).
         assert!(
-            (fid.value - (0.25 * d as f64 + d as f64)).abs() < 1e-10,
+            (fid.value - (0.25 * d as f64 + d as f64)).abs() < 1e-9 * 20.0,
             "{fid:?}"
         );
         assert!((fid.mean_term - 0.25 * d as f64).abs() < 1e-12);

@@ -403,3 +403,69 @@ async fn a_dropped_request_leaves_nothing_stuck(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[sqlx::test]
+async fn a_matrix_job_with_intervals_equals_gapmeter_matrix(pool: PgPool) {
+    let app = spawn_jobs(pool, &[("GAPMETER_WORKER__BATCH_SIZE", "1")], true).await;
+    let (_, key) = app.team("lab").await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mixed = dirs.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    let (a, b) = (root().join("examples/A"), root().join("examples/B"));
+    let mut sets = Vec::new();
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        let files = super::helpers::folder(dir);
+        for (f, bytes) in files.iter().take(12) {
+            std::fs::write(mixed.join(format!("{name}_{f}")), bytes).unwrap();
+        }
+        let id = app.dataset(&key, name).await;
+        upload_ok(&app, &key, &id, files).await;
+        sets.push(id);
+    }
+    let id = app.dataset(&key, "mixed").await;
+    upload_ok(&app, &key, &id, super::helpers::folder(&mixed)).await;
+    sets.push(id);
+
+    let cli: Value = serde_json::from_str(&gapmeter_cli(
+        &root(),
+        &[
+            "matrix",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            mixed.to_str().unwrap(),
+            "--extractor",
+            "tiny-cnn",
+            "--metrics",
+            "kid",
+            "--bootstrap",
+            "10",
+            "--batch-size",
+            "1",
+            "--format",
+            "json",
+            "--no-progress",
+        ],
+    ))
+    .unwrap();
+    let job = app
+        .post_json(
+            "/v1/matrix",
+            &key,
+            &json!({"datasets": sets, "extractor": "tiny-cnn", "metrics": ["kid"],
+                    "bootstrap": {"resamples": 10}}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let done = wait_job(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result = &done["result"];
+    assert_eq!(cli["metrics"], result["metrics"]);
+    assert_eq!(cli["intervals"], result["intervals"]);
+    assert_eq!(cli["overlapping"], result["overlapping"]);
+    let kid = result["intervals"]["kid"].as_array().unwrap();
+    assert_eq!(kid.len(), 3);
+    assert!(kid[0][0].is_null(), "no interval on the diagonal");
+    assert!(kid[0][1]["method"].as_str().is_some(), "{}", kid[0][1]);
+}
