@@ -287,15 +287,12 @@ pub fn fid_infinity_start(n_min: usize, d: usize) -> Option<f64> {
 ///
 /// ```
 /// use gapmeter::metrics::{subsample_fit, MetricError, SubsampleFit};
-/// let data: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64).collect();
 /// let fit = SubsampleFit { sizes: vec![100, 150, 200], repetitions: 2, seed: 1 };
-/// // A metric whose expected value is 2 + 30/N: the mean plus a known bias.
-/// let metric = |s: &[usize], _: &[usize]| {
-///     Ok::<_, MetricError>(s.iter().map(|&i| data[i]).sum::<f64>() / s.len() as f64 / 25.0 + 30.0 / s.len() as f64)
-/// };
+/// // A metric whose value is exactly 2 + 30/N: a population value of 2 and a 1/N bias.
+/// let metric = |s: &[usize], _: &[usize]| Ok::<_, MetricError>(2.0 + 30.0 / s.len() as f64);
 /// let (line, ci) = subsample_fit(200, None, &fit, Some(0.95), metric).unwrap();
-/// let ci = ci.unwrap();
-/// assert!((line.slope - 30.0).abs() < 1.0 && ci.contains(line.value));
+/// assert!((line.slope - 30.0).abs() < 1e-9 && (line.value - 2.0).abs() < 1e-9);
+/// assert!(ci.unwrap().contains(line.value));
 /// ```
 pub fn subsample_fit<F, E>(
     n_source: usize,
