@@ -50,6 +50,14 @@ async fn wait_job(app: &TestApp, key: &str, id: &str) -> Value {
     }
 }
 
+/// Submits a job to `route`, waits for it, checks it succeeded and returns its result.
+async fn job_result(app: &TestApp, key: &str, route: &str, body: Value) -> Value {
+    let job: Value = app.post_json(route, key, &body).await.json().await.unwrap();
+    let mut done = wait_job(app, key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    done["result"].take()
+}
+
 async fn upload_ok(app: &TestApp, key: &str, ds: &str, files: Vec<(String, Vec<u8>)>) -> Value {
     let resp = app.upload(key, ds, files).await;
     assert_eq!(resp.status(), 200);
@@ -110,20 +118,14 @@ async fn a_folder_with_duplicate_files_scores_through_the_service_exactly_as_the
     ))
     .unwrap();
     for source in [&s, &z] {
-        let job = app
-            .post_json(
-                "/v1/jobs",
-                &key,
-                &json!({"source": source, "target": t, "extractor": "tiny-cnn",
-                        "metrics": ["fid", "kid", "prdc"], "top_k": 5}),
-            )
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
-        let done = wait_job(&app, &key, job["id"].as_str().unwrap()).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
-        let result = &done["result"];
+        let result = &job_result(
+            &app,
+            &key,
+            "/v1/jobs",
+            json!({"source": source, "target": t, "extractor": "tiny-cnn",
+                   "metrics": ["fid", "kid", "prdc"], "top_k": 5}),
+        )
+        .await;
         // Bit for bit: the JSON numbers are the shortest representations of the same f64s.
         assert_eq!(cli["metrics"], result["metrics"]);
         for side in ["source", "target"] {
@@ -447,20 +449,14 @@ async fn a_matrix_job_with_intervals_equals_gapmeter_matrix(pool: PgPool) {
         ],
     ))
     .unwrap();
-    let job = app
-        .post_json(
-            "/v1/matrix",
-            &key,
-            &json!({"datasets": sets, "extractor": "tiny-cnn", "metrics": ["kid"],
-                    "bootstrap": {"resamples": 10}}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    let done = wait_job(&app, &key, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    let result = &done["result"];
+    let result = &job_result(
+        &app,
+        &key,
+        "/v1/matrix",
+        json!({"datasets": sets, "extractor": "tiny-cnn", "metrics": ["kid"],
+               "bootstrap": {"resamples": 10}}),
+    )
+    .await;
     assert_eq!(cli["metrics"], result["metrics"]);
     assert_eq!(cli["intervals"], result["intervals"]);
     assert_eq!(cli["overlapping"], result["overlapping"]);
