@@ -17,8 +17,16 @@ if [[ -f "$MARKER" ]]; then
   exit 0
 fi
 
-echo "setup-libtorch: installing torch==$TORCH_VERSION into $VENV (one time, ~1.5 min, ~4.7 GB)" >&2
+# Several builds may start at once (parallel make targets, two checkouts): one installs, the
+# others wait for it and then find the marker, instead of deleting the venv under each other.
 mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.setup-libtorch.lock"
+flock 9
+if [[ -f "$MARKER" ]]; then
+  exit 0
+fi
+
+echo "setup-libtorch: installing torch==$TORCH_VERSION into $VENV (one time, ~1.5 min, ~4.7 GB)" >&2
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
