@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-upload bench-jobs coverage lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-upload bench-jobs coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -50,6 +50,13 @@ openapi: setup
 ## at opt-level 3; the heavy lifting is inside libtorch either way).
 bench: models
 	$(WITH) cargo bench --profile dev --bench metrics
+
+## bench-e2e: images/s of `gapmeter score` against clean-fid 0.1.35 on the same generated JPEGs and
+## seeded FID Inception, interleaved rounds, and the model-alone ceiling (docs/performance.md).
+## The binary is the one `make run` builds. E2E_ARGS="--images 32 --rounds 1" for a quick look.
+bench-e2e: models
+	$(WITH) cargo build --quiet
+	$(WITH) bash -c 'py="$$(scripts/bench/setup.sh)" && "$$py" scripts/bench/e2e.py --gapmeter "$${CARGO_TARGET_DIR:-target}/debug/gapmeter" --models-dir "$$GAPMETER_MODELS_DIR" $(E2E_ARGS)'
 
 ## bench-upload: stream a ~500 MB upload into the service, print peak memory (needs PostgreSQL)
 bench-upload: setup
