@@ -28,8 +28,9 @@ use super::{DeviceSpec, ExtractedBatch, Extractor, Manifest};
 use crate::imaging::Prepared;
 
 /// Batch size `auto` picks for CPU replicas: the fastest of 4, 8, 16 and 32 with the seeded FID
-/// Inception on a 2-core machine with decoding running alongside (docs/performance.md).
-pub const AUTO_BATCH_CPU: usize = 8;
+/// Inception through the engine (decoding alongside) on a 2-core machine (docs/performance.md,
+/// `make bench-extraction`).
+pub const AUTO_BATCH_CPU: usize = 4;
 /// Batch size `auto` picks when any replica is a CUDA device. Not measured (no GPU was at hand);
 /// large enough to keep a GPU busy on 299×299 inputs, small enough for most cards' memory, and the
 /// OOM split handles the rest.
