@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-upload bench-jobs coverage lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -57,6 +57,11 @@ bench: models
 bench-e2e: models
 	$(WITH) cargo build --quiet
 	$(WITH) bash -c 'py="$$(scripts/bench/setup.sh)" && "$$py" scripts/bench/e2e.py --gapmeter "$${CARGO_TARGET_DIR:-target}/debug/gapmeter" --models-dir "$$GAPMETER_MODELS_DIR" $(E2E_ARGS)'
+
+## bench-extraction: images/s of the FID Inception on the CPU by batch size, intra-op threads and
+## replicas (the figures behind --batch-size auto, docs/performance.md)
+bench-extraction: models
+	$(WITH) cargo bench --profile dev --bench extraction
 
 ## bench-upload: stream a ~500 MB upload into the service, print peak memory (needs PostgreSQL)
 bench-upload: setup

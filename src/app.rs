@@ -64,12 +64,12 @@ impl Application {
     /// and `[queue]` (what `gapmeter serve` runs in-process).
     pub fn worker(&self) -> anyhow::Result<Worker> {
         let options = WorkerOptions::from_config(&self.state.config)?;
-        Ok(Worker::new(
+        Worker::new(
             self.state.pool.clone(),
             self.state.blobs.clone(),
             Registry::new(self.state.models_dir.clone()),
             options,
-        ))
+        )
     }
 
     /// Serves until SIGINT/SIGTERM, then finishes the requests in flight.

@@ -84,9 +84,42 @@ pub struct QueueConfig {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub in_process: bool,
-    pub device: String,
+    /// `cpu`, `cuda:0,cuda:1`, `all`...: one model replica per device.
+    #[serde(default)]
+    pub devices: Option<String>,
+    /// One device (the older spelling of `devices`); wins when set.
+    #[serde(default)]
+    pub device: Option<String>,
     pub concurrency: usize,
-    pub batch_size: usize,
+    /// `auto` or images per forward pass.
+    pub batch_size: Setting,
+}
+
+impl WorkerSettings {
+    /// The devices as written: `device` if set, else `devices`, else the CPU.
+    pub fn devices(&self) -> &str {
+        self.device
+            .as_deref()
+            .or(self.devices.as_deref())
+            .unwrap_or("cpu")
+    }
+}
+
+/// A setting written as a number or as a word (`batch_size = 32` or `"auto"`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Setting {
+    Number(u64),
+    Word(String),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Number(n) => write!(f, "{n}"),
+            Setting::Word(w) => write!(f, "{w}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +176,9 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// `GAPMETER_SECTION__KEY=value`; the value is read as TOML when it parses (numbers, booleans,
 /// arrays), else as a string. `DATABASE_URL` sets `database.url`.
+/// Keys the defaults leave unset that the environment may still set.
+const OPTIONAL_KEYS: &[(&str, &str)] = &[("worker", "device")];
+
 fn apply_env(
     value: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
@@ -161,7 +197,7 @@ fn apply_env(
         let Some(toml::Value::Table(table)) = value.get_mut(&section) else {
             bail!("{name}: no configuration section [{section}]");
         };
-        if !table.contains_key(&key) {
+        if !table.contains_key(&key) && !OPTIONAL_KEYS.contains(&(section.as_str(), key.as_str())) {
             bail!("{name}: no key `{key}` in [{section}]");
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))

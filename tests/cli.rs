@@ -211,6 +211,37 @@ fn npz_statistics_give_fid_only() {
 }
 
 #[test]
+fn strict_stops_at_the_first_bad_file_in_folder_order_with_two_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    copy_dir(&root().join("examples/A"), &set);
+    // Two bad files in different batches, run on different replicas: the first in folder order
+    // is the one reported.
+    std::fs::write(set.join("a005b.png"), b"not a png").unwrap();
+    std::fs::write(set.join("a020b.png"), b"not a png either").unwrap();
+    let out = gapmeter(&[
+        "score",
+        set.to_str().unwrap(),
+        "examples/B",
+        "-x",
+        "tiny-cnn",
+        "--devices",
+        "cpu,cpu",
+        "--batch-size",
+        "4",
+        "--strict",
+        "--no-progress",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("a005b.png") && err.contains("--strict"),
+        "{err}"
+    );
+    assert!(!err.contains("a020b.png"), "{err}");
+}
+
+#[test]
 fn unreadable_images_are_reported_and_skipped_or_fatal_with_strict() {
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("set");

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::{gapmeter, gapmeter_json};
-use gapmeter::features::{DeviceSpec, Registry};
+use gapmeter::features::{BatchSize, DeviceSpec, Registry};
 use gapmeter::metrics::BootstrapParams;
 use gapmeter::score::{
     matrix_sets, ExtractOptions, LoadedSet, MetricName, MetricParams, ScoreOptions,
@@ -171,6 +171,7 @@ fn a_matrix_flags_gaps_it_cannot_order() {
     ];
     let extract = ExtractOptions {
         batch_size: 8,
+        run: None,
         strict: true,
         progress: false,
         logits: false,
@@ -185,8 +186,8 @@ fn a_matrix_flags_gaps_it_cannot_order() {
         extractor: None,
         metrics: None,
         params: MetricParams::default(),
-        batch_size: 8,
-        device: DeviceSpec::Cpu,
+        batch_size: BatchSize::Fixed(8),
+        devices: DeviceSpec::Cpu.into(),
         strict: true,
         registry: Registry::new(dir.path().to_path_buf()),
         progress: false,

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use gapmeter::features::{DeviceSpec, Registry};
+use gapmeter::features::{BatchSize, DeviceSpec, Registry};
 use gapmeter::metrics::rng::LegacyRandomState;
 use gapmeter::score::{score, MetricName, MetricParams, ScoreOptions};
 use image::{Rgb, RgbImage};
@@ -85,8 +85,8 @@ fn options() -> ScoreOptions {
         extractor: Some("tiny-cnn".into()),
         metrics: Some(vec![MetricName::Fid, MetricName::Kid, MetricName::Style]),
         params: MetricParams::default(),
-        batch_size: 16,
-        device: DeviceSpec::Cpu,
+        batch_size: BatchSize::Fixed(16),
+        devices: DeviceSpec::Cpu.into(),
         strict: true,
         registry: Registry::new(common::models_dir()),
         progress: false,

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::features::{default_models_dir, DeviceSpec, Registry};
+use crate::features::{default_models_dir, BatchSize, Devices, Registry};
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
@@ -27,12 +27,13 @@ pub struct CommonArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// Device for the extractor: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
+    /// Images per forward pass: auto (measured best on CPU, 64 on GPUs) or a number.
+    #[arg(long, default_value = "auto")]
+    pub batch_size: BatchSize,
+    /// Devices, one model replica each: cpu, cuda, cuda:N, a comma-separated list (cpu,cpu or
+    /// cuda:0,cuda:1) or all (every GPU, else the CPU). --device is the same flag.
+    #[arg(long, alias = "device", default_value = "cpu")]
+    pub devices: Devices,
     /// Seed of every random draw (KID subsets, IS shuffle, bootstrap, N → ∞ subsets, median
     /// heuristic), in numpy's RandomState stream; torch-fidelity's default is 2020.
     #[arg(long, default_value_t = 2020)]
@@ -158,8 +159,8 @@ impl CommonArgs {
                     k_dc: self.dc_k,
                 },
             },
-            batch_size: self.batch_size as usize,
-            device: self.device,
+            batch_size: self.batch_size,
+            devices: self.devices.clone(),
             strict: self.strict,
             registry: Registry::new(models_dir),
             progress: !self.no_progress,

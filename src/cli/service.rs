@@ -1,14 +1,15 @@
 //! `serve`, `migrate`, `openapi` and `admin`: the service side of the binary.
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::app::Application;
 use crate::config::Config;
-use crate::features::{default_models_dir, DeviceSpec, Registry};
+use crate::features::{default_models_dir, BatchSize, Devices, Registry};
 use crate::store::{self, Blobs, Scope, TeamId};
-use crate::worker::{Worker, WorkerOptions};
+use crate::worker::{Models, Worker, WorkerOptions};
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
@@ -37,15 +38,16 @@ pub struct WorkerArgs {
     /// Directory of extractor manifests.
     #[arg(long, env = "GAPMETER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Device for the models: cpu, cuda or cuda:N [default: worker.device].
-    #[arg(long)]
-    pub device: Option<DeviceSpec>,
+    /// Devices, one model replica each: cpu, cuda:N, a list (cuda:0,cuda:1) or all
+    /// [default: worker.devices]. --device is the same flag.
+    #[arg(long, alias = "device")]
+    pub devices: Option<Devices>,
     /// Jobs run at once [default: worker.concurrency].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: Option<u64>,
-    /// Images per forward pass [default: worker.batch_size].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub batch_size: Option<u64>,
+    /// Images per forward pass: auto or a number [default: worker.batch_size].
+    #[arg(long)]
+    pub batch_size: Option<BatchSize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,16 +110,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.config.as_deref())?;
     let mut options = WorkerOptions::from_config(&config)?;
-    if let Some(d) = args.device {
-        options.device = d;
+    if let Some(d) = args.devices {
+        options.devices = d;
     }
     if let Some(c) = args.concurrency {
         options.concurrency = c as usize;
     }
     if let Some(b) = args.batch_size {
-        options.batch_size = b as usize;
+        options.batch_size = b;
     }
-    let models = args.models_dir.unwrap_or_else(default_models_dir);
+    let registry = Registry::new(args.models_dir.unwrap_or_else(default_models_dir));
+    // Before the queue is touched: a worker that cannot run jobs must not claim any.
+    let models = Models::open(&options.devices)?;
+    let loaded = models.preload(&registry)?;
+    eprintln!("models {loaded:?} loaded on {}", options.devices);
     runtime()?.block_on(async {
         let pool = store::connect(
             &config.database.url,
@@ -129,7 +135,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .await?;
         store::migrate(&pool).await?;
         let blobs = Blobs::open(&config.storage.url)?;
-        let worker = Worker::new(pool, blobs, Registry::new(models), options);
+        let worker = Worker::with_models(pool, blobs, registry, options, Arc::new(models));
         eprintln!("worker {} started", worker.id());
         worker.run(crate::app::shutdown_signal()).await
     })

@@ -168,16 +168,43 @@ impl Extractor {
             data.extend_from_slice(&p.data);
         }
         let x = Tensor::from_slice(&data).f_view([batch.len() as i64, 3, h as i64, w as i64])?;
-        let x = normalise(x, first.scale, m)?.f_to_device(self.device)?;
+        let x = match self.device {
+            Device::Cpu => x,
+            // From page-locked memory the copy is a DMA the GPU runs asynchronously; the
+            // normalisation below is queued behind it on the same stream.
+            dev => x
+                .f_pin_memory(dev)?
+                .f_to_device_(dev, Kind::Float, true, false)?,
+        };
+        let x = normalise(x, first.scale, m)?;
         let outputs = self.forward(x)?;
-        let outputs = m
-            .outputs
-            .iter()
-            .cloned()
-            .zip(outputs.into_iter().map(|t| t.to_device(Device::Cpu)))
-            .collect();
-        Ok(ExtractedBatch { outputs })
+        let mut named = Vec::with_capacity(outputs.len());
+        for (name, t) in m.outputs.iter().zip(outputs) {
+            named.push((name.clone(), t.f_to_device(Device::Cpu)?));
+        }
+        Ok(ExtractedBatch { outputs: named })
     }
+}
+
+/// The outputs of consecutive batches as one batch (rows in the order given).
+pub(super) fn concat_batches(parts: Vec<ExtractedBatch>) -> anyhow::Result<ExtractedBatch> {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        bail!("no batch to concatenate");
+    };
+    let rest: Vec<ExtractedBatch> = parts.collect();
+    let mut outputs = Vec::with_capacity(first.outputs.len());
+    for (name, t) in first.outputs {
+        let mut all = vec![t];
+        for p in &rest {
+            let other = p
+                .get(&name)
+                .with_context(|| format!("output {name:?} missing from a batch"))?;
+            all.push(other.shallow_clone());
+        }
+        outputs.push((name, Tensor::f_cat(&all, 0)?));
+    }
+    Ok(ExtractedBatch { outputs })
 }
 
 /// Maps values on `scale` (255 or 1) to the manifest's range, then applies mean/std.
@@ -196,11 +223,17 @@ fn normalise(x: Tensor, scale: f32, m: &Manifest) -> anyhow::Result<Tensor> {
         InputRange::Unit => unit(x)?,
         InputRange::Symmetric => unit(x)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?,
     };
+    // On the batch's device: after the copy, so a GPU does this work, not the host.
+    let channel = |v: [f32; 3], x: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(Tensor::from_slice(&v)
+            .f_view([1, 3, 1, 1])?
+            .f_to_device(x.device())?)
+    };
     if let Some(mean) = m.mean {
-        x = x.f_sub(&Tensor::from_slice(&mean).f_view([1, 3, 1, 1])?)?;
+        x = x.f_sub(&channel(mean, &x)?)?;
     }
     if let Some(std) = m.std {
-        x = x.f_div(&Tensor::from_slice(&std).f_view([1, 3, 1, 1])?)?;
+        x = x.f_div(&channel(std, &x)?)?;
     }
     Ok(x)
 }

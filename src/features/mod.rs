@@ -2,11 +2,16 @@
 //! once per device, run on batches of prepared images.
 
 mod device;
+mod engine;
 mod extractor;
 mod manifest;
 mod registry;
 
-pub use device::DeviceSpec;
+pub use device::{DeviceSpec, Devices};
+pub use engine::{
+    BatchSize, Chunk, Engine, Injection, PrepareError, RunOptions, RunReport, AUTO_BATCH_CPU,
+    AUTO_BATCH_CUDA,
+};
 pub use extractor::{ExtractedBatch, Extractor};
 pub use manifest::{InputRange, InputSize, Manifest, ManifestError};
 pub use registry::{default_models_dir, resolve_extractor, Naming, Registry, DEFAULT_EXTRACTORS};

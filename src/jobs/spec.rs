@@ -4,7 +4,7 @@
 //! [`IngestSpec`] of a dataset created from a URI.
 use serde::{Deserialize, Serialize};
 
-use crate::features::{resolve_extractor, DeviceSpec, Manifest, Naming, Registry};
+use crate::features::{resolve_extractor, BatchSize, Devices, Manifest, Naming, Registry};
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
@@ -324,8 +324,8 @@ impl JobSpec {
     pub fn score_options(
         &self,
         registry: Registry,
-        device: DeviceSpec,
-        batch_size: usize,
+        devices: Devices,
+        batch_size: BatchSize,
     ) -> ScoreOptions {
         let p = &self.parameters;
         ScoreOptions {
@@ -359,7 +359,7 @@ impl JobSpec {
                 },
             },
             batch_size,
-            device,
+            devices,
             strict: false,
             registry,
             progress: false,

@@ -1,12 +1,12 @@
-//! Turning an image folder into a feature matrix: decode and resize on a CPU pool, a batch at a
-//! time, then the model.
+//! Turning an image folder into a feature matrix through the extraction engine: files read,
+//! hashed, decoded and resized on a CPU pool while the model replicas run earlier batches.
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::features::Extractor;
+use crate::features::{Chunk, Engine, PrepareError, RunOptions};
 use crate::imaging::{self, Prepared, ResizeMode};
 use crate::ingest::list_images;
 use crate::metrics::{Features, StyleSet};
@@ -19,9 +19,12 @@ pub struct Skipped {
 }
 
 /// What to extract besides the content features.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExtractOptions {
+    /// Images per forward pass (already resolved from `auto`).
     pub batch_size: usize,
+    /// The engine's options in full, overriding `batch_size` (benchmarks, tests).
+    pub run: Option<RunOptions>,
     pub strict: bool,
     pub progress: bool,
     /// Also keep the output named `logits` (for IS).
@@ -48,18 +51,13 @@ pub struct ExtractedSet {
 }
 
 /// Extracts the content features of every image under `dir`. Unreadable images are skipped and
-/// reported, or fail the call when `strict`; a folder with no usable image is an error.
+/// reported, or fail the call when `strict` (the first in folder order); a folder with no usable
+/// image is an error.
 pub fn extract_folder(
     dir: &Path,
-    extractor: &Extractor,
+    engine: &Engine,
     opts: &ExtractOptions,
 ) -> anyhow::Result<ExtractedSet> {
-    let ExtractOptions {
-        batch_size,
-        strict,
-        progress,
-        ..
-    } = *opts;
     let paths = list_images(dir)?;
     if paths.is_empty() {
         bail!(
@@ -67,7 +65,7 @@ pub fn extract_folder(
             dir.display()
         );
     }
-    let manifest = extractor.manifest();
+    let manifest = engine.manifest();
     let (h, w) = manifest.input_size.height_width();
     let feature_name = manifest.feature_output().to_string();
     for (wanted, name, metric) in [
@@ -86,34 +84,37 @@ pub fn extract_folder(
     let mut logits: Vec<f64> = Vec::new();
     let mut logit_dim = 0;
     let mut style = opts.style.then(|| StyleSet::new(0));
-    let bar = progress_bar(progress, paths.len() as u64, &dir.display().to_string());
+    let bar = progress_bar(
+        opts.progress,
+        paths.len() as u64,
+        &dir.display().to_string(),
+    );
 
     let mut rows: Vec<f64> = Vec::new();
     let mut kept = Vec::new();
-    let mut hashes = Vec::new();
     let mut skipped = Vec::new();
-    let mut dim = extractor.feature_dim();
-    for chunk in paths.chunks(batch_size.max(1)) {
-        // Order is kept: rayon's collect preserves the chunk's order.
-        let prepared: Vec<Result<([u8; 32], Prepared), String>> = chunk
-            .par_iter()
-            .map(|p| load_one_file(p, h, w, manifest.resize))
-            .collect();
-        let mut batch = Vec::with_capacity(chunk.len());
-        for (p, result) in chunk.iter().zip(prepared) {
-            let path = p.display().to_string();
-            match result {
-                Ok((hash, p)) => {
-                    hashes.push(hash);
-                    kept.push(path);
-                    batch.push(p);
-                }
-                Err(reason) if strict => bail!("{path}: {reason} (--strict)"),
-                Err(reason) => skipped.push(Skipped { path, reason }),
+    let mut dim = engine.feature_dim();
+    // Filled by the prepare stage (any order), read in folder order at the end.
+    let hashes: Vec<OnceLock<[u8; 32]>> = paths.iter().map(|_| OnceLock::new()).collect();
+    let run = opts
+        .run
+        .clone()
+        .unwrap_or_else(|| RunOptions::new(opts.batch_size));
+    let prepare = |i: usize| {
+        let (hash, prepared) =
+            load_one_file(&paths[i], h, w, manifest.resize).map_err(PrepareError::Rejected)?;
+        let _ = hashes[i].set(hash);
+        Ok(prepared)
+    };
+    engine.run(paths.len(), &run, prepare, |chunk: Chunk| {
+        for (i, reason) in chunk.rejected {
+            let path = paths[i].display().to_string();
+            if opts.strict {
+                bail!("{path}: {reason} (--strict)");
             }
+            skipped.push(Skipped { path, reason });
         }
-        if !batch.is_empty() {
-            let out = extractor.run(&batch)?;
+        if let Some(out) = &chunk.outputs {
             let f = out.rows(&feature_name)?;
             dim = f.ncols();
             rows.extend(f.iter());
@@ -127,8 +128,10 @@ pub fn extract_folder(
                 style.push_maps(maps)?;
             }
         }
-        bar.inc(chunk.len() as u64);
-    }
+        kept.extend(chunk.kept.iter().map(|&i| paths[i].display().to_string()));
+        bar.inc(chunk.range.len() as u64);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if kept.is_empty() {
         bail!(
@@ -137,9 +140,11 @@ pub fn extract_folder(
             dir.display()
         );
     }
-    let features = Features::from_shape_vec((kept.len(), dim), rows)?;
+    // Skipped files have no hash: the content hash covers what was scored, as before.
+    let hashes = hashes.into_iter().filter_map(OnceLock::into_inner);
+    let features = features_from_rows(kept.len(), dim, rows)?;
     let logits = if opts.logits {
-        Some(Features::from_shape_vec((kept.len(), logit_dim), logits)?)
+        Some(features_from_rows(kept.len(), logit_dim, logits)?)
     } else {
         None
     };
@@ -151,6 +156,11 @@ pub fn extract_folder(
         skipped,
         content_hash: crate::content::dataset_hash(hashes),
     })
+}
+
+/// Rows of `dim` values, one per image, as the metrics take them.
+fn features_from_rows(n: usize, dim: usize, rows: Vec<f64>) -> anyhow::Result<Features> {
+    Ok(Features::from_shape_vec((n, dim), rows)?)
 }
 
 /// Reads, hashes, decodes and resizes one image; the error is the reason shown to the user.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{extract_folder, ExtractOptions, Skipped};
-use crate::features::Extractor;
+use crate::features::Engine;
 use crate::metrics::{FeatureStats, Features, Gaussian, StyleSet};
 
 /// What an input path holds.
@@ -120,7 +120,7 @@ impl LoadedSet {
     pub fn load(
         role: &str,
         arg: &str,
-        extractor: Option<&Extractor>,
+        extractor: Option<&Engine>,
         opts: &ExtractOptions,
     ) -> anyhow::Result<Self> {
         let kind = InputKind::detect(arg)?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::features::{resolve_extractor, DeviceSpec, Extractor, Manifest, Naming, Registry};
+use crate::features::{resolve_extractor, BatchSize, Devices, Engine, Manifest, Naming, Registry};
 use crate::metrics::{self, BootstrapParams, Interval, Target};
 
 pub use compute::{compute, MetricName, MetricParams, MetricValue, Values};
@@ -33,8 +33,10 @@ pub struct ScoreOptions {
     /// `None`: the defaults (FID, KID), dropping those the inputs cannot support.
     pub metrics: Option<Vec<MetricName>>,
     pub params: MetricParams,
-    pub batch_size: usize,
-    pub device: DeviceSpec,
+    /// Images per forward pass: `auto` resolves per device kind.
+    pub batch_size: BatchSize,
+    /// One model replica per device.
+    pub devices: Devices,
     pub strict: bool,
     pub registry: Registry,
     pub progress: bool,
@@ -322,7 +324,7 @@ fn load_sets(
     chosen: &[MetricName],
     opts: &ScoreOptions,
     warnings: &mut Vec<String>,
-) -> anyhow::Result<(Option<Extractor>, Vec<LoadedSet>)> {
+) -> anyhow::Result<(Option<Engine>, Vec<LoadedSet>)> {
     for a in inputs {
         InputKind::detect(a)?;
     }
@@ -334,8 +336,10 @@ fn load_sets(
     if let Some(x) = &extractor {
         extractor_warnings(x.manifest(), chosen, warnings);
     }
+    let devices = extractor.as_ref().map(Engine::devices).unwrap_or_default();
     let extract = ExtractOptions {
-        batch_size: opts.batch_size,
+        batch_size: opts.batch_size.resolve(&devices),
+        run: None,
         strict: opts.strict,
         progress: opts.progress,
         logits: chosen.contains(&MetricName::Is),
@@ -364,9 +368,10 @@ fn load_sets(
     Ok((extractor, sets))
 }
 
-fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Extractor> {
+fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Engine> {
+    let devices = opts.devices.resolve()?;
     let manifest = resolve_extractor(opts.extractor.as_deref(), &opts.registry, Naming::IdOrPath)?;
-    Extractor::load(manifest, opts.device)
+    Engine::load(manifest, &devices)
 }
 
 fn small_sample_warnings(

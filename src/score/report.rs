@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
-use crate::features::{Extractor, Manifest};
+use crate::features::{Devices, Engine, Manifest};
 use crate::metrics::{BootstrapParams, Interval, Target};
 
 /// One score: values, both inputs' provenance, the extractor and every parameter, so that the
@@ -90,8 +90,13 @@ pub struct ExtractorInfo {
 }
 
 impl ExtractorInfo {
-    pub(super) fn new(x: &Extractor, opts: &ScoreOptions) -> Self {
-        Self::from_manifest(x.manifest(), x.feature_dim(), opts)
+    pub(super) fn new(x: &Engine, opts: &ScoreOptions) -> Self {
+        let devices = x.devices();
+        Self {
+            device: Devices::List(devices.clone()).to_string(),
+            batch_size: opts.batch_size.resolve(&devices),
+            ..Self::from_manifest(x.manifest(), x.feature_dim(), opts)
+        }
     }
 
     /// From the manifest alone (a job answered from cached features loads no model).
@@ -105,8 +110,11 @@ impl ExtractorInfo {
             input_size: [h, w],
             features: m.feature_output().to_string(),
             dim,
-            device: opts.device.to_string(),
-            batch_size: opts.batch_size,
+            device: opts.devices.to_string(),
+            batch_size: match &opts.devices {
+                Devices::List(list) => opts.batch_size.resolve(list),
+                Devices::All => opts.batch_size.resolve(&[]),
+            },
         }
     }
 }

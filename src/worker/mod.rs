@@ -20,16 +20,17 @@ use tokio::sync::Semaphore;
 pub use models::Models;
 
 use crate::config::{Config, IngestConfig, Limits};
-use crate::features::{DeviceSpec, Registry};
+use crate::features::{BatchSize, Devices, Registry};
 use crate::jobs::{JobKind, Work};
 use crate::store::{self, Blobs, Claimed, Lease, LeaseError, Outcome};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub device: DeviceSpec,
+    /// One model replica per device.
+    pub devices: Devices,
     pub concurrency: usize,
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
     pub lease: Duration,
     pub heartbeat: Duration,
     pub poll: Duration,
@@ -46,9 +47,14 @@ impl WorkerOptions {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let q = &config.queue;
         Ok(Self {
-            device: config.worker.device.parse().context("worker.device")?,
+            devices: config.worker.devices().parse().context("worker.devices")?,
             concurrency: config.worker.concurrency.max(1),
-            batch_size: config.worker.batch_size.max(1),
+            batch_size: config
+                .worker
+                .batch_size
+                .to_string()
+                .parse()
+                .context("worker.batch_size")?,
             lease: Duration::from_millis(q.lease_ms.max(100)),
             heartbeat: Duration::from_millis(q.heartbeat_ms.max(10)),
             poll: Duration::from_millis(q.poll_ms.max(10)),
@@ -143,8 +149,34 @@ impl Control {
 }
 
 impl Worker {
-    /// A worker named after its host and process, so job events say who ran what.
-    pub fn new(pool: PgPool, blobs: Blobs, registry: Registry, options: WorkerOptions) -> Self {
+    /// A worker named after its host and process, so job events say who ran what. Checks its
+    /// devices and loads the default extractors first: a worker that cannot run jobs fails here,
+    /// before it claims any.
+    pub fn new(
+        pool: PgPool,
+        blobs: Blobs,
+        registry: Registry,
+        options: WorkerOptions,
+    ) -> anyhow::Result<Self> {
+        let models = Models::open(&options.devices)?;
+        models.preload(&registry)?;
+        Ok(Self::with_models(
+            pool,
+            blobs,
+            registry,
+            options,
+            Arc::new(models),
+        ))
+    }
+
+    /// A worker on models already opened (and preloaded) by the caller.
+    pub fn with_models(
+        pool: PgPool,
+        blobs: Blobs,
+        registry: Registry,
+        options: WorkerOptions,
+        models: Arc<Models>,
+    ) -> Self {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "host".into());
@@ -153,7 +185,6 @@ impl Worker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let models = Arc::new(Models::new(options.device));
         Self {
             pool,
             blobs,
@@ -172,7 +203,7 @@ impl Worker {
     /// stop at their next batch and puts them back in the queue.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let this = Arc::new(self);
-        tracing::info!(worker = %this.id, device = %this.options.device, concurrency = this.options.concurrency, "worker started");
+        tracing::info!(worker = %this.id, devices = ?this.models.devices(), concurrency = this.options.concurrency, "worker started");
         let slots = Arc::new(Semaphore::new(this.options.concurrency));
         let mut running: Vec<Arc<Control>> = Vec::new();
         let mut listener = match store::listen(&this.pool, store::CHANNEL).await {

@@ -1,32 +1,50 @@
-//! One model instance per extractor on the worker's device, loaded on first use and shared by
-//! the worker's concurrent jobs (a job answered from caches never loads one).
+//! One extraction engine per extractor, with a replica on each of the worker's devices: the
+//! default extractors loaded at startup, others on first use. Concurrent jobs share the replicas
+//! batch by batch (each replica is locked for one forward pass, not for a job).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::features::{DeviceSpec, Extractor, Manifest};
+use crate::features::{DeviceSpec, Devices, Engine, Manifest, Registry, DEFAULT_EXTRACTORS};
 
 /// The models a worker has loaded.
 pub struct Models {
-    device: DeviceSpec,
-    loaded: Mutex<HashMap<String, Arc<Mutex<Extractor>>>>,
+    devices: Vec<DeviceSpec>,
+    loaded: Mutex<HashMap<String, Arc<Engine>>>,
 }
 
 impl Models {
-    pub fn new(device: DeviceSpec) -> Self {
-        Self {
-            device,
+    /// Checks that every device exists (the error names the first that does not); loads nothing.
+    pub fn open(devices: &Devices) -> anyhow::Result<Self> {
+        Ok(Self {
+            devices: devices.resolve()?,
             loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The devices replicas run on.
+    pub fn devices(&self) -> &[DeviceSpec] {
+        &self.devices
+    }
+
+    /// Loads every default extractor installed in `registry` on every device, so a broken model
+    /// or device shows before the worker claims a job. Returns the ids loaded.
+    pub fn preload(&self, registry: &Registry) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for id in DEFAULT_EXTRACTORS {
+            // Not installed here: jobs naming it go to a worker that has it.
+            let Ok(manifest) = registry.get(id) else {
+                continue;
+            };
+            self.get(&manifest)?;
+            ids.push(id.to_string());
         }
+        Ok(ids)
     }
 
-    pub fn device(&self) -> DeviceSpec {
-        self.device
-    }
-
-    /// The loaded model of `manifest` (by [`Manifest::cache_key`]), loading it if needed.
-    pub fn get(&self, manifest: &Manifest) -> anyhow::Result<Arc<Mutex<Extractor>>> {
+    /// The engine of `manifest` (by [`Manifest::cache_key`]), loading it if needed.
+    pub fn get(&self, manifest: &Manifest) -> anyhow::Result<Arc<Engine>> {
         let key = manifest.cache_key();
         // Held while loading, so two jobs needing the same model load it once.
         let mut loaded = self
@@ -36,10 +54,10 @@ impl Models {
         if let Some(m) = loaded.get(&key) {
             return Ok(m.clone());
         }
-        let model = Extractor::load(manifest.clone(), self.device)
+        let engine = Engine::load(manifest.clone(), &self.devices)
             .with_context(|| format!("loading extractor {}", manifest.id))?;
-        let model = Arc::new(Mutex::new(model));
-        loaded.insert(key, model.clone());
-        Ok(model)
+        let engine = Arc::new(engine);
+        loaded.insert(key, engine.clone());
+        Ok(engine)
     }
 }

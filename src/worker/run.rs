@@ -1,19 +1,18 @@
 //! One attempt at a job: snapshot the datasets, answer from the result cache if possible, else
-//! gather per-image outputs (cached, or extracted with images decoded on a CPU pool ahead of the
-//! model) and compute the metrics with the same code `gapmeter score` runs.
+//! gather per-image outputs (cached, or extracted by the extraction engine, whose replicas run
+//! while this thread caches earlier batches) and compute the metrics with the same code `gapmeter score` runs.
 use std::collections::HashMap;
-use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use rayon::prelude::*;
 use serde_json::Value;
 use sqlx::PgPool;
 
 use super::plan::{self, StatsPlan};
 use super::{Control, JobError, Models, WorkerOptions};
-use crate::features::{Manifest, Registry};
-use crate::imaging::Prepared;
+use crate::features::{
+    Chunk, Devices, ExtractedBatch, Manifest, PrepareError, Registry, RunOptions,
+};
 use crate::jobs::{self, has_output, JobKind, JobSpec, Work};
 use crate::metrics::{FeatureStats, Features, StyleSet};
 use crate::score::{
@@ -121,7 +120,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
 
     let mut opts = spec.score_options(
         ctx.registry.clone(),
-        ctx.models.device(),
+        Devices::List(ctx.models.devices().to_vec()),
         ctx.options.batch_size,
     );
     opts.interrupt = Some(ctx.control.interrupt());
@@ -465,12 +464,10 @@ fn gather(
     Ok((out, skipped))
 }
 
-/// Batches of decoded images (or a blob-store failure) from the decode thread.
-type DecodedBatch = anyhow::Result<Vec<([u8; 32], Result<Prepared, String>)>>;
-
-/// Runs the model over `missing`: a producer thread fetches blobs and decodes and resizes them
-/// on the rayon pool, at most two batches ahead (a bounded channel), while this thread runs the
-/// model and caches the outputs. Cancellation and lease loss are checked between batches.
+/// Runs the model over `missing` through the extraction engine: blobs fetched, decoded and
+/// resized on the rayon pool, batches spread over the worker's replicas, and each batch's rows
+/// cached on this thread while the replicas run the next ones. Cancellation and lease loss are
+/// checked before each fetch and between batches.
 fn extract(
     ctx: &JobContext,
     manifest: &Manifest,
@@ -481,84 +478,70 @@ fn extract(
 ) -> Result<Gathered, JobError> {
     let total = missing.len();
     ctx.progress("extracting", 0, total)?;
-    let model = ctx.models.get(manifest).map_err(retry)?;
+    let engine = ctx.models.get(manifest).map_err(retry)?;
     work.model_loaded = true;
     let (h, w) = manifest.input_size.height_width();
     let resize = manifest.resize;
-    let batch = ctx.options.batch_size.max(1);
+    let run = RunOptions::new(ctx.options.batch_size.resolve(ctx.models.devices()));
     let key = manifest.cache_key();
     let feature_tap = manifest.feature_output().to_string();
     let mut rows: HashMap<[u8; 32], Rows> = HashMap::with_capacity(total);
     let mut skipped: HashMap<[u8; 32], String> = HashMap::new();
+    // Why the consumer stopped the run, kept typed (cancel, lease lost...) for the job's outcome.
+    let mut stopped: Option<JobError> = None;
+    let mut done = 0;
 
-    std::thread::scope(|scope| -> Result<(), JobError> {
-        let (tx, rx) = sync_channel::<DecodedBatch>(2);
-        scope.spawn(move || {
-            for chunk in missing.chunks(batch) {
-                if ctx.control.check().is_err() {
-                    return;
-                }
-                let fetched = ctx.runtime.block_on(futures_util::future::try_join_all(
-                    chunk.iter().map(|hash| ctx.blobs.get(hash)),
-                ));
-                let msg: DecodedBatch = fetched.map(|blobs| {
-                    chunk
-                        .par_iter()
-                        .zip(blobs.par_iter())
-                        .map(|(hash, bytes)| (*hash, load_one(bytes, h, w, resize)))
-                        .collect()
-                });
-                let failed = msg.is_err();
-                if tx.send(msg).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let mut done = 0;
-        for msg in rx {
+    let prepare = |i: usize| {
+        if ctx.control.check().is_err() {
+            return Err(PrepareError::Fatal(anyhow!("the job was told to stop")));
+        }
+        let bytes = ctx
+            .runtime
+            .block_on(ctx.blobs.get(&missing[i]))
+            .map_err(|e| PrepareError::Fatal(e.context("reading images from the blob store")))?;
+        load_one(&bytes, h, w, resize).map_err(PrepareError::Rejected)
+    };
+    let consume = |chunk: Chunk| -> anyhow::Result<()> {
+        let mut step = || -> Result<(), JobError> {
             ctx.control.check()?;
-            let items = msg.map_err(|e| retry(e.context("reading images from the blob store")))?;
-            done += items.len();
-            let mut hashes = Vec::with_capacity(items.len());
-            let mut prepared = Vec::with_capacity(items.len());
-            for (hash, result) in items {
-                match result {
-                    Ok(p) => {
-                        hashes.push(hash);
-                        prepared.push(p);
-                    }
-                    Err(reason) => {
-                        skipped.insert(hash, reason);
-                    }
-                }
+            done += chunk.range.len();
+            for (i, reason) in &chunk.rejected {
+                skipped.insert(missing[*i], reason.clone());
             }
-            if !prepared.is_empty() {
+            if let Some(out) = &chunk.outputs {
+                let hashes: Vec<[u8; 32]> = chunk.kept.iter().map(|&i| missing[i]).collect();
                 let batch_rows =
-                    run_model(&model, &prepared, &feature_tap, want_logits, want_style)?;
+                    batch_rows(out, hashes.len(), &feature_tap, want_logits, want_style)?;
                 store_batch(ctx, &key, &feature_tap, &hashes, &batch_rows)?;
                 work.images_extracted += hashes.len() as u64;
                 rows.extend(hashes.into_iter().zip(batch_rows));
             }
-            ctx.progress("extracting", done, total)?;
-        }
-        Ok(())
-    })?;
+            ctx.progress("extracting", done, total)
+        };
+        step().map_err(|e| {
+            let message = anyhow!("{e}");
+            stopped = Some(e);
+            message
+        })
+    };
+    let result = engine.run(total, &run, prepare, consume);
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    ctx.control.check()?;
+    result.map_err(retry)?;
     work.images_skipped = skipped.len() as u64;
     Ok((rows, skipped))
 }
 
-fn run_model(
-    model: &std::sync::Mutex<crate::features::Extractor>,
-    prepared: &[Prepared],
+/// One batch's outputs as per-image rows.
+fn batch_rows(
+    out: &ExtractedBatch,
+    n: usize,
     feature_tap: &str,
     want_logits: bool,
     want_style: bool,
 ) -> Result<Vec<Rows>, JobError> {
-    let model = model
-        .lock()
-        .map_err(|_| retry(anyhow!("model lock poisoned")))?;
-    let out = model.run(prepared).map_err(retry)?;
-    let n = prepared.len();
     let features = out.rows(feature_tap).map_err(retry)?;
     let logits = if want_logits {
         Some(out.rows(LOGITS_OUTPUT).map_err(retry)?)

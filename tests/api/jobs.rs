@@ -614,6 +614,58 @@ fn worker_process_logging(
 }
 
 #[sqlx::test]
+async fn a_worker_without_its_device_exits_before_claiming_anything(pool: PgPool) {
+    // No in-process worker: the job waits in the queue for the one started below.
+    let app = spawn_jobs(pool, &[], false).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(
+        &app,
+        &key,
+        "A",
+        (0..3)
+            .map(|i| (format!("a{i}.png"), png(20, 20, i * 11)))
+            .collect(),
+    )
+    .await;
+    let job = submit(
+        &app,
+        &key,
+        &json!({"source": a, "target": a, "extractor": "tiny-cnn", "metrics": ["fid"]}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    // This machine's libtorch sees no GPU (the test is meaningless where one is present).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gapmeter"));
+    cmd.args(["worker", "--device", "cuda:0"])
+        .env("DATABASE_URL", app.database_url())
+        .env("GAPMETER_STORAGE__URL", app.blob_url())
+        .env(
+            "GAPMETER_MODELS_DIR",
+            gapmeter::features::default_models_dir(),
+        );
+    for (k, v) in super::helpers::FAST_QUEUE {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
+    )
+    .await
+    .expect("the worker kept running")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("libtorch sees 0 CUDA device(s)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("started"), "{stderr}");
+    let job: Value = app.get_json(&format!("/v1/jobs/{id}"), &key).await;
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+}
+
+#[sqlx::test]
 async fn two_worker_processes_complete_fifty_jobs_once_each(pool: PgPool) {
     let app = spawn_jobs(pool, &[], false).await;
     let (_, key) = app.team("lab").await;
