@@ -1,11 +1,12 @@
 //! Thin float64 helpers over libtorch tensors.
-use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
 use super::MetricError;
 
-/// A float64 CPU tensor holding a copy of `a` (rows x cols).
-pub(crate) fn tensor(a: ArrayView2<f64>) -> Tensor {
+/// A float64 CPU tensor holding a copy of `a` (rows x cols); the tests' oracles build theirs with
+/// it (metrics convert through `FeatureView`).
+#[cfg(test)]
+pub(crate) fn tensor(a: ndarray::ArrayView2<f64>) -> Tensor {
     let (r, c) = a.dim();
     let standard = a.as_standard_layout();
     let slice = standard.as_slice().unwrap_or(&[]);

@@ -88,7 +88,7 @@ pub fn extract_folder(
     let mut style = opts.style.then(|| StyleSet::new(0));
     let bar = progress_bar(progress, paths.len() as u64, &dir.display().to_string());
 
-    let mut rows: Vec<f64> = Vec::new();
+    let mut rows: Vec<f32> = Vec::new();
     let mut kept = Vec::new();
     let mut hashes = Vec::new();
     let mut skipped = Vec::new();
@@ -114,7 +114,7 @@ pub fn extract_folder(
         }
         if !batch.is_empty() {
             let out = extractor.run(&batch)?;
-            let f = out.rows(&feature_name)?;
+            let f = out.rows_f32(&feature_name)?;
             dim = f.ncols();
             rows.extend(f.iter());
             if opts.logits {
