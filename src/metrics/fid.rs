@@ -62,22 +62,34 @@ pub fn fid_from_gaussians(s: &Gaussian, t: &Gaussian) -> Result<Fid, MetricError
     if d != dt {
         return Err(MetricError::DimensionMismatch(d, dt));
     }
-    let cs = linalg::square(&s.cov, d);
-    let ct = linalg::square(&t.cov, d);
-    let root = linalg::psd_sqrt(&cs)?;
-    let inner = root.f_mm(&ct)?.f_mm(&root)?;
-    // Symmetrise: rounding leaves inner slightly asymmetric, eigh reads one triangle only.
-    let inner = inner
-        .f_add(&inner.f_tr()?.f_contiguous()?)?
-        .f_mul_scalar(0.5)?;
-    let eig = inner.f_linalg_eigvalsh("L")?;
-    let trace_sqrt = linalg::scalar(&eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(tch::Kind::Double)?)?;
+    let trace_sqrt = trace_sqrt_product(linalg::square(&s.cov, d), linalg::square(&t.cov, d))?;
     Ok(Fid::new(
         mean_term(&s.mean, &t.mean),
         trace(&s.cov, d),
         trace(&t.cov, d),
         trace_sqrt,
     ))
+}
+
+/// tr (ΣS ΣT)^½ by the symmetric route, taking the covariances as tensors so that callers
+/// holding them only as statistics can free their own copies first.
+fn trace_sqrt_product(cs: tch::Tensor, ct: tch::Tensor) -> Result<f64, MetricError> {
+    // One statement per step and in-place updates: at d = 2048 each d×d matrix is 32 MiB, and
+    // temporaries of a chained expression would all live until its end.
+    let root = linalg::psd_sqrt(&cs)?;
+    drop(cs);
+    let half = root.f_mm(&ct)?;
+    drop(ct);
+    let mut inner = half.f_mm(&root)?;
+    drop((half, root));
+    // Symmetrise: rounding leaves inner slightly asymmetric, eigh reads one triangle only.
+    let transposed = inner.f_tr()?.f_contiguous()?;
+    let _ = inner.f_add_(&transposed)?;
+    drop(transposed);
+    let _ = inner.f_mul_scalar_(0.5)?;
+    let eig = inner.f_linalg_eigvalsh("L")?;
+    drop(inner);
+    linalg::scalar(&eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(tch::Kind::Double)?)
 }
 
 /// FID between two feature sets (rows are samples). Uses the low-rank route when a set has no
@@ -111,7 +123,24 @@ pub fn fid_from_features<'a, 'b>(
     let ss = FeatureStats::from_features(s)?;
     let st = FeatureStats::from_features(t)?;
     if ns.min(nt) > d {
-        return fid_from_gaussians(&ss.gaussian(), &st.gaussian());
+        // The same computation as fid_from_gaussians, with each covariance held once: as a
+        // tensor, its vector freed as soon as it is copied.
+        let (gs, gt) = (ss.into_gaussian(), st.into_gaussian());
+        let (mean, trace_s, trace_t) = (
+            mean_term(&gs.mean, &gt.mean),
+            trace(&gs.cov, d),
+            trace(&gt.cov, d),
+        );
+        let cs = linalg::square(&gs.cov, d);
+        drop(gs);
+        let ct = linalg::square(&gt.cov, d);
+        drop(gt);
+        return Ok(Fid::new(
+            mean,
+            trace_s,
+            trace_t,
+            trace_sqrt_product(cs, ct)?,
+        ));
     }
     // The nuclear norm is the same for the matrix and its transpose, so which set is "small"
     // does not matter to the value.

@@ -31,7 +31,9 @@ pub(crate) fn scalar(t: &Tensor) -> Result<f64, MetricError> {
 pub(crate) fn psd_sqrt(m: &Tensor) -> Result<Tensor, MetricError> {
     let (eigenvalues, vectors) = m.f_linalg_eigh("L")?;
     let root = eigenvalues.f_clamp_min(0.0)?.f_sqrt()?;
-    Ok(vectors
-        .f_mul(&root.f_unsqueeze(0)?)?
-        .f_mm(&vectors.f_tr()?.f_contiguous()?)?)
+    // Step by step, so no more than three d×d matrices are alive at once.
+    let transposed = vectors.f_tr()?.f_contiguous()?;
+    let scaled = vectors.f_mul(&root.f_unsqueeze(0)?)?;
+    drop(vectors);
+    Ok(scaled.f_mm(&transposed)?)
 }

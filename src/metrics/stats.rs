@@ -80,7 +80,7 @@ impl FeatureStats {
         let mut scatter = Tensor::f_zeros([dim as i64, dim as i64], (Kind::Double, Device::Cpu))?;
         for (start, len) in features.block_ranges(rows) {
             let centred = features.block(start, len).f_sub(&centre)?;
-            scatter = scatter.f_addmm(&centred.f_tr()?, &centred)?;
+            let _ = scatter.f_addmm_(&centred.f_tr()?, &centred)?;
         }
         Ok(Self {
             n: n as u64,
@@ -196,6 +196,18 @@ impl FeatureStats {
         self.scatter.iter().map(|s| s / denom).collect()
     }
 
+    /// [`Self::gaussian`], reusing the scatter matrix's storage for the covariance.
+    pub fn into_gaussian(self) -> Gaussian {
+        let denom = (self.n.max(2) - 1) as f64;
+        let mut cov = self.scatter;
+        cov.iter_mut().for_each(|s| *s /= denom);
+        Gaussian {
+            mean: self.mean,
+            cov,
+            n: Some(self.n),
+        }
+    }
+
     /// Mean and covariance, the Gaussian FID compares.
     pub fn gaussian(&self) -> Gaussian {
         Gaussian {
@@ -282,6 +294,7 @@ mod tests {
         let a = FeatureStats::from_features(narrow.view()).unwrap();
         let b = FeatureStats::from_features(wide.view()).unwrap();
         assert_eq!(a, b);
+        assert_eq!(a.clone().into_gaussian(), a.gaussian());
     }
 
     #[test]
