@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs coverage lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -70,6 +70,13 @@ bench-upload: setup
 ## bench-jobs: latency of scoring through HTTP: cold job, cached re-score p50/p99 (needs PostgreSQL)
 bench-jobs: models
 	DATABASE_URL=$(TEST_DATABASE_URL) $(WITH) cargo bench --profile dev --bench rescore
+
+## bench-memory: peak memory and time of `gapmeter score` on two 50,000 × 2048 float32 .npy files
+## (FID, KID, PRDC; PRDC takes minutes), and KID with and without kernel reuse at 5,000 per side.
+## GAPMETER_MEMORY_N=5000 for a quick look; docs/metrics.md, "Memory".
+bench-memory: setup
+	$(WITH) cargo build --quiet
+	$(WITH) cargo bench --profile dev --bench memory
 
 ## coverage: simulate the intervals' coverage on distributions with known FID and KID (prints the
 ## table of docs/metrics.md; COVERAGE_ARGS=--quick for a fast look, "--only-d 64" for one half).

@@ -28,13 +28,27 @@ impl ExtractedBatch {
 
     /// The output called `name` as float64 rows (batch × features), trailing 1-dims flattened.
     pub fn rows(&self, name: &str) -> anyhow::Result<ndarray::Array2<f64>> {
+        self.rows_as(name)
+    }
+
+    /// [`Self::rows`] in float32, the models' own output type (exact for float32 outputs): half
+    /// the memory for feature sets that metrics read in float64 row blocks anyway.
+    pub fn rows_f32(&self, name: &str) -> anyhow::Result<ndarray::Array2<f32>> {
+        self.rows_as(name)
+    }
+
+    fn rows_as<T>(&self, name: &str) -> anyhow::Result<ndarray::Array2<T>>
+    where
+        T: tch::kind::Element,
+        for<'t> Vec<T>: TryFrom<&'t Tensor, Error = tch::TchError>,
+    {
         let t = self
             .get(name)
             .with_context(|| format!("no output named {name:?}"))?;
         let n = t.size()[0];
-        let flat = t.f_to_kind(Kind::Double)?.f_contiguous()?.f_view([n, -1])?;
+        let flat = t.f_to_kind(T::KIND)?.f_contiguous()?.f_view([n, -1])?;
         let d = flat.size()[1];
-        let data = Vec::<f64>::try_from(&flat.f_view([-1])?)?;
+        let data = Vec::<T>::try_from(&flat.f_view([-1])?)?;
         Ok(ndarray::Array2::from_shape_vec(
             (n as usize, d as usize),
             data,

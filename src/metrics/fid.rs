@@ -12,10 +12,9 @@
 //!   singular, and taking square roots of eigenvalues that are zero up to rounding would add
 //!   ~1e-8·λmax per null direction; singular values carry no such error, and identical feature sets
 //!   give FID = 0 to rounding.
-use ndarray::ArrayView2;
 use serde::Serialize;
 
-use super::{linalg, FeatureStats, Gaussian, MetricError};
+use super::{linalg, FeatureStats, FeatureView, Gaussian, MetricError};
 
 /// An FID value with its two parts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -63,22 +62,34 @@ pub fn fid_from_gaussians(s: &Gaussian, t: &Gaussian) -> Result<Fid, MetricError
     if d != dt {
         return Err(MetricError::DimensionMismatch(d, dt));
     }
-    let cs = linalg::square(&s.cov, d);
-    let ct = linalg::square(&t.cov, d);
-    let root = linalg::psd_sqrt(&cs)?;
-    let inner = root.f_mm(&ct)?.f_mm(&root)?;
-    // Symmetrise: rounding leaves inner slightly asymmetric, eigh reads one triangle only.
-    let inner = inner
-        .f_add(&inner.f_tr()?.f_contiguous()?)?
-        .f_mul_scalar(0.5)?;
-    let eig = inner.f_linalg_eigvalsh("L")?;
-    let trace_sqrt = linalg::scalar(&eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(tch::Kind::Double)?)?;
+    let trace_sqrt = trace_sqrt_product(linalg::square(&s.cov, d), linalg::square(&t.cov, d))?;
     Ok(Fid::new(
         mean_term(&s.mean, &t.mean),
         trace(&s.cov, d),
         trace(&t.cov, d),
         trace_sqrt,
     ))
+}
+
+/// tr (ΣS ΣT)^½ by the symmetric route, taking the covariances as tensors so that callers
+/// holding them only as statistics can free their own copies first.
+fn trace_sqrt_product(cs: tch::Tensor, ct: tch::Tensor) -> Result<f64, MetricError> {
+    // One statement per step and in-place updates: at d = 2048 each d×d matrix is 32 MiB, and
+    // temporaries of a chained expression would all live until its end.
+    let root = linalg::psd_sqrt(&cs)?;
+    drop(cs);
+    let half = root.f_mm(&ct)?;
+    drop(ct);
+    let mut inner = half.f_mm(&root)?;
+    drop((half, root));
+    // Symmetrise: rounding leaves inner slightly asymmetric, eigh reads one triangle only.
+    let transposed = inner.f_tr()?.f_contiguous()?;
+    let _ = inner.f_add_(&transposed)?;
+    drop(transposed);
+    let _ = inner.f_mul_scalar_(0.5)?;
+    let eig = inner.f_linalg_eigvalsh("L")?;
+    drop(inner);
+    linalg::scalar(&eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(tch::Kind::Double)?)
 }
 
 /// FID between two feature sets (rows are samples). Uses the low-rank route when a set has no
@@ -91,7 +102,11 @@ pub fn fid_from_gaussians(s: &Gaussian, t: &Gaussian) -> Result<Fid, MetricError
 /// let fid = fid_from_features(a.view(), a.view()).unwrap();
 /// assert!(fid.value.abs() < 1e-12);
 /// ```
-pub fn fid_from_features(s: ArrayView2<f64>, t: ArrayView2<f64>) -> Result<Fid, MetricError> {
+pub fn fid_from_features<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
+) -> Result<Fid, MetricError> {
+    let (s, t) = (s.into(), t.into());
     let (ns, d) = s.dim();
     let (nt, dt) = t.dim();
     if d != dt {
@@ -108,17 +123,33 @@ pub fn fid_from_features(s: ArrayView2<f64>, t: ArrayView2<f64>) -> Result<Fid, 
     let ss = FeatureStats::from_features(s)?;
     let st = FeatureStats::from_features(t)?;
     if ns.min(nt) > d {
-        return fid_from_gaussians(&ss.gaussian(), &st.gaussian());
+        // The same computation as fid_from_gaussians, with each covariance held once: as a
+        // tensor, its vector freed as soon as it is copied.
+        let (gs, gt) = (ss.into_gaussian(), st.into_gaussian());
+        let (mean, trace_s, trace_t) = (
+            mean_term(&gs.mean, &gt.mean),
+            trace(&gs.cov, d),
+            trace(&gt.cov, d),
+        );
+        let cs = linalg::square(&gs.cov, d);
+        drop(gs);
+        let ct = linalg::square(&gt.cov, d);
+        drop(gt);
+        return Ok(Fid::new(
+            mean,
+            trace_s,
+            trace_t,
+            trace_sqrt_product(cs, ct)?,
+        ));
     }
-    let centred = |x: ArrayView2<f64>, mean: &[f64]| -> Result<tch::Tensor, MetricError> {
-        let m = tch::Tensor::from_slice(mean).f_unsqueeze(0)?;
-        Ok(linalg::tensor(x).f_sub(&m)?)
-    };
-    let a = centred(s, ss.mean())?;
-    let b = centred(t, st.mean())?;
-    let cross = a
-        .f_mm(&b.f_tr()?.f_contiguous()?)?
-        .f_div_scalar((((ns - 1) * (nt - 1)) as f64).sqrt())?;
+    // The nuclear norm is the same for the matrix and its transpose, so which set is "small"
+    // does not matter to the value.
+    let cross = if ns <= nt {
+        centred_cross(s, ss.mean(), t, st.mean())?
+    } else {
+        centred_cross(t, st.mean(), s, ss.mean())?
+    }
+    .f_div_scalar((((ns - 1) * (nt - 1)) as f64).sqrt())?;
     // Singular values only (torch.svd with compute_uv=false; linalg_svdvals would need a driver
     // argument that the C API cannot leave unset).
     let (_, singular, _) = cross.f_svd(true, false)?;
@@ -132,6 +163,29 @@ pub fn fid_from_features(s: ArrayView2<f64>, t: ArrayView2<f64>) -> Result<Fid, 
         linalg::scalar(&nuclear)?,
     ))
 }
+
+/// (small − μ)(large − μ)ᵀ. The small set has at most d rows here, so its centred float64 copy is
+/// no larger than a covariance; the large one joins a row block at a time.
+fn centred_cross(
+    small: FeatureView,
+    small_mean: &[f64],
+    large: FeatureView,
+    large_mean: &[f64],
+) -> Result<tch::Tensor, MetricError> {
+    let centre = |mean: &[f64]| tch::Tensor::from_slice(mean).f_unsqueeze(0);
+    let a = small.tensor().f_sub(&centre(small_mean)?)?;
+    let large_centre = centre(large_mean)?;
+    let rows = super::features::rows_within(large.ncols() * 8, CROSS_BLOCK_BYTES);
+    let mut parts = Vec::new();
+    for (start, len) in large.block_ranges(rows) {
+        let b = large.block(start, len).f_sub(&large_centre)?;
+        parts.push(a.f_mm(&b.f_tr()?.f_contiguous()?)?);
+    }
+    Ok(tch::Tensor::f_cat(&parts, 1)?)
+}
+
+/// Bytes of float64 rows of the larger set per block of the low-rank route's cross product.
+const CROSS_BLOCK_BYTES: usize = 32 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -275,6 +329,24 @@ mod tests {
             "{line:?} {ci:?}"
         );
         assert!(ci.high - ci.low < 2.0, "{ci:?}");
+    }
+
+    #[test]
+    fn float32_storage_gives_the_value_of_its_float64_upcast_on_both_routes() {
+        for (n, d) in [(30, 64), (300, 16)] {
+            let a = gaussian_sample(n, d, 1.5, 13).mapv(|v| v as f32);
+            let b = (gaussian_sample(n + 7, d, 1.0, 14) + 0.3).mapv(|v| v as f32);
+            let narrow = fid_from_features(a.view(), b.view()).unwrap().value;
+            let (a64, b64) = (a.mapv(f64::from), b.mapv(f64::from));
+            let wide = fid_from_features(a64.view(), b64.view()).unwrap().value;
+            assert!(((narrow - wide) / wide).abs() < 1e-12, "{narrow} vs {wide}");
+            // The low-rank route with the sets swapped: the larger set goes in blocks either way.
+            let swapped = fid_from_features(b64.view(), a64.view()).unwrap().value;
+            assert!(
+                ((swapped - wide) / wide).abs() < 1e-10,
+                "{swapped} vs {wide}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Inception Score (Salimans et al. 2016) from classifier logits, as torch-fidelity computes it.
-use ndarray::ArrayView2;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::{linalg, rng::LegacyRandomState, MetricError};
+use super::{linalg, rng::LegacyRandomState, FeatureView, MetricError};
 
 /// IS parameters; `Default` is torch-fidelity's (10 splits, shuffled with seed 2020).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,10 +38,11 @@ pub struct InceptionScore {
 /// let is = inception_score(logits.view(), &IsParams { splits: 1, shuffle_seed: None }).unwrap();
 /// assert!((is.mean - 4.0).abs() < 1e-9);
 /// ```
-pub fn inception_score(
-    logits: ArrayView2<f64>,
+pub fn inception_score<'a>(
+    logits: impl Into<FeatureView<'a>>,
     params: &IsParams,
 ) -> Result<InceptionScore, MetricError> {
+    let logits = logits.into();
     let (n, _) = logits.dim();
     if params.splits == 0 {
         return Err(MetricError::InvalidParameter(
@@ -56,10 +56,11 @@ pub fn inception_score(
             got: n,
         });
     }
-    if logits.iter().any(|v| !v.is_finite()) {
+    if !logits.all_finite() {
         return Err(MetricError::NonFinite);
     }
-    let mut x = linalg::tensor(logits);
+    // Logits are N × classes (~1000): small next to the softmax work, so converted whole.
+    let mut x = logits.tensor();
     if let Some(seed) = params.shuffle_seed {
         let perm: Vec<i64> = LegacyRandomState::new(seed)
             .permutation(n)

@@ -1,16 +1,37 @@
 //! Kernel Inception Distance (Bińkowski et al. 2018) with torch-fidelity's defaults: the unbiased
 //! MMD² with a cubic polynomial kernel, averaged over random subsets. Also its standard error and
 //! the statistic on a resample, for intervals (docs/metrics.md, "Intervals").
-use ndarray::ArrayView2;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::{linalg, rng::LegacyRandomState, ustat, MetricError};
+use super::{linalg, rng::LegacyRandomState, ustat, FeatureView, MetricError};
 
 /// Up to this many samples in both sets together, the standard error comes from the jackknife of
 /// the full-sample U-statistic, whose kernel pass then costs at most about a quarter of the 100
 /// default subsets of 1000; above it, from the spread over subsets.
 const JACKKNIFE_MAX_SAMPLES: usize = 10_000;
+
+/// The most float64 bytes the three whole kernel matrices may take when [`kid`] reuses them.
+const REUSED_KERNEL_BYTES: usize = 1 << 30;
+
+/// How [`kid_with`] obtains each subset's kernel matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KidKernels {
+    /// Whole kernel matrices k(S, S), k(T, T), k(S, T) computed once and each subset's blocks
+    /// taken from them, when that is cheaper than the subsets' own kernels
+    /// ((nS + nT)² < subsets · (2m)²) and the three fit in 1 GiB of float64; per subset otherwise.
+    Auto,
+    /// Every subset's kernels computed from its own rows (torch-fidelity's way).
+    PerSubset,
+}
+
+/// Whether [`KidKernels::Auto`] computes the whole kernel matrices once.
+fn reuse_kernels(ns: usize, nt: usize, m: usize, subsets: usize) -> bool {
+    let (ns, nt, m, subsets) = (ns as f64, nt as f64, m as f64, subsets as f64);
+    let cheaper = (ns + nt) * (ns + nt) < subsets * (2.0 * m) * (2.0 * m);
+    let bytes = 8.0 * (ns * ns + nt * nt + ns * nt);
+    cheaper && bytes <= REUSED_KERNEL_BYTES as f64
+}
 
 /// KID parameters; `Default` is torch-fidelity's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,7 +104,34 @@ pub struct Kid {
 /// let k = kid(a.view(), a.view(), &params).unwrap();
 /// assert!(k.mean.is_finite() && k.std >= 0.0);
 /// ```
-pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result<Kid, MetricError> {
+pub fn kid<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
+    params: &KidParams,
+) -> Result<Kid, MetricError> {
+    kid_with(s, t, params, KidKernels::Auto)
+}
+
+/// [`kid`] with a choice of how the subsets' kernel matrices are obtained; both give the same
+/// values up to rounding.
+///
+/// ```
+/// use gapmeter::metrics::{kid, kid_with, KidKernels, KidParams};
+/// use ndarray::Array2;
+/// let a = Array2::from_shape_fn((40, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 11.0);
+/// let b = a.mapv(|v| v * 1.1 + 0.05);
+/// let params = KidParams { subsets: 10, subset_size: 20, ..KidParams::default() };
+/// let reused = kid(a.view(), b.view(), &params).unwrap();
+/// let own = kid_with(a.view(), b.view(), &params, KidKernels::PerSubset).unwrap();
+/// assert!((reused.mean - own.mean).abs() < 1e-12 * own.mean.abs());
+/// ```
+pub fn kid_with<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
+    params: &KidParams,
+    kernels: KidKernels,
+) -> Result<Kid, MetricError> {
+    let (s, t) = (s.into(), t.into());
     let (ns, d) = s.dim();
     let (nt, dt) = t.dim();
     if d != dt {
@@ -106,7 +154,7 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
             got: ns.min(nt),
         });
     }
-    if s.iter().chain(t.iter()).any(|v| !v.is_finite()) {
+    if !(s.all_finite() && t.all_finite()) {
         return Err(MetricError::NonFinite);
     }
     let mut warnings = Vec::new();
@@ -119,16 +167,37 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
         ));
     }
     let gamma = params.gamma.unwrap_or(1.0 / d as f64);
-    let xs = linalg::tensor(s);
-    let xt = linalg::tensor(t);
+    let kernel = |a: &Tensor, b: &Tensor| kernel(a, b, gamma, params.coef0, params.degree);
+    let whole = match kernels {
+        KidKernels::Auto if reuse_kernels(ns, nt, m, params.subsets) => {
+            let (xs, xt) = (s.tensor(), t.tensor());
+            Some((kernel(&xs, &xs)?, kernel(&xt, &xt)?, kernel(&xs, &xt)?))
+        }
+        _ => None,
+    };
     let mut rng = LegacyRandomState::new(params.seed);
     let mut values = Vec::with_capacity(params.subsets);
     for _ in 0..params.subsets {
-        let is = index(&rng.choice_without_replacement(ns, m));
-        let it = index(&rng.choice_without_replacement(nt, m));
-        let a = xs.f_index_select(0, &is)?;
-        let b = xt.f_index_select(0, &it)?;
-        values.push(unbiased_mmd2(&a, &b, gamma, params.coef0, params.degree)?);
+        // The same draws in the same order on either path: the subsets are torch-fidelity's.
+        let rows_s = rng.choice_without_replacement(ns, m);
+        let rows_t = rng.choice_without_replacement(nt, m);
+        values.push(match &whole {
+            Some((kss, ktt, kst)) => {
+                let (is, it) = (index(&rows_s), index(&rows_t));
+                let pick = |k: &Tensor, r: &Tensor, c: &Tensor| -> Result<Tensor, MetricError> {
+                    Ok(k.f_index_select(0, r)?.f_index_select(1, c)?)
+                };
+                unbiased_mmd2_of_kernels(
+                    &pick(kss, &is, &is)?,
+                    &pick(ktt, &it, &it)?,
+                    &pick(kst, &is, &it)?,
+                )?
+            }
+            None => {
+                let (a, b) = (s.gather(&rows_s), t.gather(&rows_t));
+                unbiased_mmd2_of_kernels(&kernel(&a, &a)?, &kernel(&b, &b)?, &kernel(&a, &b)?)?
+            }
+        });
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -146,8 +215,11 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
             "subsets",
         )
     } else if n_min >= 3 {
-        let kernel = |a: &Tensor, b: &Tensor| kernel(a, b, gamma, params.coef0, params.degree);
-        let (_, jack) = ustat::jackknife(&xs, &xt, kernel)?;
+        let (_, jack) = match &whole {
+            Some((kss, ktt, kst)) => ustat::jackknife_from_kernels(kss, ktt, kst)?,
+            // The jackknife's pass is quadratic in the rows; whole float64 copies add little.
+            None => ustat::jackknife(&s.tensor(), &t.tensor(), kernel)?,
+        };
         (jack + monte_carlo, "jackknife")
     } else {
         // Leaving one of two samples out leaves no pair: no variance estimate exists.
@@ -179,13 +251,14 @@ pub fn kid(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &KidParams) -> Result
 /// let same = kid_resampled(a.view(), a.view(), &p, &identity, &identity).unwrap();
 /// assert!((same - kid(a.view(), a.view(), &p).unwrap().mean).abs() < 1e-12);
 /// ```
-pub fn kid_resampled(
-    s: ArrayView2<f64>,
-    t: ArrayView2<f64>,
+pub fn kid_resampled<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
     params: &KidParams,
     rows_s: &[usize],
     rows_t: &[usize],
 ) -> Result<f64, MetricError> {
+    let (s, t) = (s.into(), t.into());
     let d = s.ncols();
     if d != t.ncols() {
         return Err(MetricError::DimensionMismatch(d, t.ncols()));
@@ -203,8 +276,6 @@ pub fn kid_resampled(
     }
     let m = params.subset_size.min(ns).min(nt);
     let gamma = params.gamma.unwrap_or(1.0 / d as f64);
-    let xs = linalg::tensor(s);
-    let xt = linalg::tensor(t);
     let mut rng = LegacyRandomState::new(params.seed);
     let mut total = 0.0;
     for _ in 0..params.subsets {
@@ -218,8 +289,7 @@ pub fn kid_resampled(
             .into_iter()
             .map(|p| rows_t[p])
             .collect();
-        let a = xs.f_index_select(0, &index(&origin_s))?;
-        let b = xt.f_index_select(0, &index(&origin_t))?;
+        let (a, b) = (s.gather(&origin_s), t.gather(&origin_t));
         let k = |x: &Tensor, y: &Tensor| kernel(x, y, gamma, params.coef0, params.degree);
         total += ustat::distinct_origin_mmd2(
             &k(&a, &a)?,
@@ -244,30 +314,26 @@ fn kernel(
     coef0: f64,
     degree: i32,
 ) -> Result<Tensor, MetricError> {
-    Ok(a.f_mm(&b.f_tr()?.f_contiguous()?)?
-        .f_mul_scalar(gamma)?
-        .f_add_scalar(coef0)?
-        .f_pow_tensor_scalar(degree as i64)?)
+    // In place: the whole-set kernels are large, and a chain of fresh tensors would hold four.
+    let mut k = a.f_mm(&b.f_tr()?.f_contiguous()?)?;
+    let _ = k.f_mul_scalar_(gamma)?;
+    let _ = k.f_add_scalar_(coef0)?;
+    let _ = k.f_pow_(degree as i64)?;
+    Ok(k)
 }
 
-/// (Σ_{i≠j} k(xᵢ,xⱼ) + Σ_{i≠j} k(yᵢ,yⱼ)) / (m(m−1)) − 2·Σ k(xᵢ,yⱼ) / m².
-fn unbiased_mmd2(
-    a: &Tensor,
-    b: &Tensor,
-    gamma: f64,
-    coef0: f64,
-    degree: i32,
-) -> Result<f64, MetricError> {
-    let m = a.size()[0] as f64;
-    let off_diagonal_sum = |k: Tensor| -> Result<f64, MetricError> {
+/// (Σ_{i≠j} k(xᵢ,xⱼ) + Σ_{i≠j} k(yᵢ,yⱼ)) / (m(m−1)) − 2·Σ k(xᵢ,yⱼ) / m², from the subset's
+/// kernel matrices.
+fn unbiased_mmd2_of_kernels(kxx: &Tensor, kyy: &Tensor, kxy: &Tensor) -> Result<f64, MetricError> {
+    let m = kxx.size()[0] as f64;
+    let off_diagonal_sum = |k: &Tensor| -> Result<f64, MetricError> {
         let total = linalg::scalar(&k.f_sum(Kind::Double)?)?;
         let diag = linalg::scalar(&k.f_diagonal(0, 0, 1)?.f_sum(Kind::Double)?)?;
         Ok(total - diag)
     };
-    let kxx = off_diagonal_sum(kernel(a, a, gamma, coef0, degree)?)?;
-    let kyy = off_diagonal_sum(kernel(b, b, gamma, coef0, degree)?)?;
-    let kxy = linalg::scalar(&kernel(a, b, gamma, coef0, degree)?.f_sum(Kind::Double)?)?;
-    Ok((kxx + kyy) / (m * (m - 1.0)) - 2.0 * kxy / (m * m))
+    let (xx, yy) = (off_diagonal_sum(kxx)?, off_diagonal_sum(kyy)?);
+    let xy = linalg::scalar(&kxy.f_sum(Kind::Double)?)?;
+    Ok((xx + yy) / (m * (m - 1.0)) - 2.0 * xy / (m * m))
 }
 
 #[cfg(test)]
@@ -321,6 +387,45 @@ mod tests {
         // Every subset is the whole set: the standard error is the full-sample jackknife's.
         assert_eq!(k.standard_error_method, "jackknife");
         assert!(k.standard_error > 1e-3 * k.mean.abs(), "{k:?}");
+    }
+
+    #[test]
+    fn reused_kernels_give_the_per_subset_values() {
+        let a = uniform(60, 5, 0.0, 21);
+        let b = uniform(50, 5, 0.2, 22);
+        let params = KidParams {
+            subsets: 20,
+            subset_size: 30,
+            ..KidParams::default()
+        };
+        assert!(reuse_kernels(60, 50, 30, 20));
+        let reused = kid(a.view(), b.view(), &params).unwrap();
+        let own = kid_with(a.view(), b.view(), &params, KidKernels::PerSubset).unwrap();
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * y.abs();
+        assert!(close(reused.mean, own.mean), "{reused:?} vs {own:?}");
+        assert!(close(reused.std, own.std), "{reused:?} vs {own:?}");
+        assert!(close(reused.standard_error, own.standard_error));
+        assert_eq!(reused.standard_error_method, own.standard_error_method);
+        // float32 storage: the values of its float64 upcast, on both paths.
+        let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+        let (a64, b64) = (a32.mapv(f64::from), b32.mapv(f64::from));
+        for kernels in [KidKernels::Auto, KidKernels::PerSubset] {
+            let narrow = kid_with(a32.view(), b32.view(), &params, kernels).unwrap();
+            let wide = kid_with(a64.view(), b64.view(), &params, kernels).unwrap();
+            assert_eq!(narrow, wide);
+        }
+    }
+
+    #[test]
+    fn kernels_are_reused_only_when_cheaper_and_small_enough() {
+        // 5,000 per side, 100 subsets of 1,000: 10⁸ < 4·10⁸ entries, 600 MB of kernels.
+        assert!(reuse_kernels(5_000, 5_000, 1_000, 100));
+        // 50,000 per side: far more entries than the subsets need.
+        assert!(!reuse_kernels(50_000, 50_000, 1_000, 100));
+        // Cheaper, but the kernels would not fit in 1 GiB.
+        assert!(!reuse_kernels(12_000, 12_000, 5_000, 100));
+        // One subset of the whole sets: no cheaper.
+        assert!(!reuse_kernels(100, 100, 100, 1));
     }
 
     #[test]

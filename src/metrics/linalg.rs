@@ -1,11 +1,12 @@
 //! Thin float64 helpers over libtorch tensors.
-use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
 use super::MetricError;
 
-/// A float64 CPU tensor holding a copy of `a` (rows x cols).
-pub(crate) fn tensor(a: ArrayView2<f64>) -> Tensor {
+/// A float64 CPU tensor holding a copy of `a` (rows x cols); the tests' oracles build theirs with
+/// it (metrics convert through `FeatureView`).
+#[cfg(test)]
+pub(crate) fn tensor(a: ndarray::ArrayView2<f64>) -> Tensor {
     let (r, c) = a.dim();
     let standard = a.as_standard_layout();
     let slice = standard.as_slice().unwrap_or(&[]);
@@ -30,7 +31,9 @@ pub(crate) fn scalar(t: &Tensor) -> Result<f64, MetricError> {
 pub(crate) fn psd_sqrt(m: &Tensor) -> Result<Tensor, MetricError> {
     let (eigenvalues, vectors) = m.f_linalg_eigh("L")?;
     let root = eigenvalues.f_clamp_min(0.0)?.f_sqrt()?;
-    Ok(vectors
-        .f_mul(&root.f_unsqueeze(0)?)?
-        .f_mm(&vectors.f_tr()?.f_contiguous()?)?)
+    // Step by step, so no more than three d×d matrices are alive at once.
+    let transposed = vectors.f_tr()?.f_contiguous()?;
+    let scaled = vectors.f_mul(&root.f_unsqueeze(0)?)?;
+    drop(vectors);
+    Ok(scaled.f_mm(&transposed)?)
 }

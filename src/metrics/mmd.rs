@@ -1,9 +1,8 @@
 //! Maximum mean discrepancy with a Gaussian RBF kernel, and CMMD (Jayasumana et al. 2024).
-use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{linalg, rng::LegacyRandomState, ustat, MetricError};
+use super::{blocks, linalg, rng::LegacyRandomState, ustat, FeatureView, MetricError};
 
 /// How the RBF bandwidth σ in k(x, y) = exp(−‖x−y‖² / (2σ²)) is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -54,20 +53,11 @@ pub struct Mmd {
 /// Squared pairwise Euclidean distances, as sklearn and the CMMD reference form them:
 /// ‖x‖² + ‖y‖² − 2xᵀy, clamped at 0.
 pub(crate) fn squared_distances(a: &Tensor, b: &Tensor) -> Result<Tensor, MetricError> {
-    let na = a.f_mul(a)?.f_sum_dim_intlist(1, true, Kind::Double)?;
-    let nb = b
-        .f_mul(b)?
-        .f_sum_dim_intlist(1, true, Kind::Double)?
-        .f_tr()?;
-    let cross = a.f_mm(&b.f_tr()?)?;
-    Ok(cross
-        .f_mul_scalar(-2.0)?
-        .f_add(&na)?
-        .f_add(&nb)?
-        .f_clamp_min(0.0)?)
+    let nb_t = blocks::squared_norms(b)?.f_tr()?;
+    blocks::squared_distances_normed(a, &blocks::squared_norms(a)?, b, &nb_t)
 }
 
-fn check(s: ArrayView2<f64>, t: ArrayView2<f64>, metric: &'static str) -> Result<(), MetricError> {
+fn check(s: FeatureView, t: FeatureView, metric: &'static str) -> Result<(), MetricError> {
     if s.ncols() != t.ncols() {
         return Err(MetricError::DimensionMismatch(s.ncols(), t.ncols()));
     }
@@ -79,34 +69,48 @@ fn check(s: ArrayView2<f64>, t: ArrayView2<f64>, metric: &'static str) -> Result
             got: n,
         });
     }
-    if s.iter().chain(t.iter()).any(|v| !v.is_finite()) {
+    if !(s.all_finite() && t.all_finite()) {
         return Err(MetricError::NonFinite);
     }
     Ok(())
 }
 
 /// The median heuristic bandwidth for two feature sets (see [`Bandwidth::Median`]).
-pub fn median_bandwidth(
-    s: ArrayView2<f64>,
-    t: ArrayView2<f64>,
+pub fn median_bandwidth<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
     seed: u32,
 ) -> Result<f64, MetricError> {
+    let (s, t) = (s.into(), t.into());
     check(s, t, "median bandwidth")?;
-    median_sigma(&linalg::tensor(s), &linalg::tensor(t), seed)
+    median_sigma(s, t, seed)
 }
 
-fn median_sigma(a: &Tensor, b: &Tensor, seed: u32) -> Result<f64, MetricError> {
-    let pooled = Tensor::f_cat(&[a, b], 0)?;
-    let n = pooled.size()[0] as usize;
+/// The median pairwise distance over the pooled sets, or over 2000 pooled rows drawn with `seed`;
+/// only the drawn rows are converted.
+fn median_sigma(a: FeatureView, b: FeatureView, seed: u32) -> Result<f64, MetricError> {
+    let na = a.nrows();
+    let n = na + b.nrows();
     let pooled = if n > 2000 {
-        let idx: Vec<i64> = LegacyRandomState::new(seed)
-            .choice_without_replacement(n, 2000)
-            .into_iter()
-            .map(|i| i as i64)
-            .collect();
-        pooled.f_index_select(0, &Tensor::from_slice(&idx))?
+        let idx = LegacyRandomState::new(seed).choice_without_replacement(n, 2000);
+        let (from_a, from_b): (Vec<usize>, Vec<usize>) = idx.iter().copied().partition(|&i| i < na);
+        let from_b: Vec<usize> = from_b.into_iter().map(|i| i - na).collect();
+        // Rows in drawn order, as indexing the concatenation would give them.
+        let (ta, tb) = (a.gather(&from_a), b.gather(&from_b));
+        let (mut ia, mut ib) = (0i64, 0i64);
+        let mut order = Vec::with_capacity(idx.len());
+        for &i in &idx {
+            if i < na {
+                order.push(ia);
+                ia += 1;
+            } else {
+                order.push(from_a.len() as i64 + ib);
+                ib += 1;
+            }
+        }
+        Tensor::f_cat(&[ta, tb], 0)?.f_index_select(0, &Tensor::from_slice(&order))?
     } else {
-        pooled
+        Tensor::f_cat(&[a.tensor(), b.tensor()], 0)?
     };
     let m = pooled.size()[0];
     let d2 = squared_distances(&pooled, &pooled)?;
@@ -130,24 +134,21 @@ fn rbf(x: &Tensor, y: &Tensor, sigma: f64) -> Result<Tensor, MetricError> {
 /// Unbiased RBF MMD² of a resample (rows `rows_s` of `s`, `rows_t` of `t`, drawn with
 /// replacement) at a fixed bandwidth, skipping pairs of copies of one sample in the within-set
 /// means, like [`kid_resampled`](super::kid_resampled).
-pub fn mmd_resampled(
-    s: ArrayView2<f64>,
-    t: ArrayView2<f64>,
+pub fn mmd_resampled<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
     sigma: f64,
     rows_s: &[usize],
     rows_t: &[usize],
 ) -> Result<f64, MetricError> {
+    let (s, t) = (s.into(), t.into());
     check(s, t, "MMD")?;
     if rows_s.iter().any(|&i| i >= s.nrows()) || rows_t.iter().any(|&i| i >= t.nrows()) {
         return Err(MetricError::InvalidParameter(
             "resample row out of range".into(),
         ));
     }
-    let pick = |x: ArrayView2<f64>, rows: &[usize]| -> Result<Tensor, MetricError> {
-        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        Ok(linalg::tensor(x).f_index_select(0, &Tensor::from_slice(&idx))?)
-    };
-    let (a, b) = (pick(s, rows_s)?, pick(t, rows_t)?);
+    let (a, b) = (s.gather(rows_s), t.gather(rows_t));
     ustat::distinct_origin_mmd2(
         &rbf(&a, &a, sigma)?,
         &rbf(&b, &b, sigma)?,
@@ -184,10 +185,13 @@ fn rbf_mmd2(a: &Tensor, b: &Tensor, sigma: f64, estimator: Estimator) -> Result<
 /// let p = MmdParams { bandwidth: Bandwidth::Fixed(1.0), estimator: Estimator::Biased, seed: 0 };
 /// assert!(mmd(a.view(), a.view(), &p).unwrap().value.abs() < 1e-12);
 /// ```
-pub fn mmd(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &MmdParams) -> Result<Mmd, MetricError> {
+pub fn mmd<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
+    params: &MmdParams,
+) -> Result<Mmd, MetricError> {
+    let (s, t) = (s.into(), t.into());
     check(s, t, "MMD")?;
-    let a = linalg::tensor(s);
-    let b = linalg::tensor(t);
     let sigma = match params.bandwidth {
         Bandwidth::Fixed(sigma) if sigma > 0.0 && sigma.is_finite() => sigma,
         Bandwidth::Fixed(sigma) => {
@@ -195,8 +199,11 @@ pub fn mmd(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &MmdParams) -> Result
                 "bandwidth must be positive, got {sigma}"
             )))
         }
-        Bandwidth::Median => median_sigma(&a, &b, params.seed)?,
+        Bandwidth::Median => median_sigma(s, t, params.seed)?,
     };
+    // MMD's kernel matrices are quadratic in the rows anyway; a float64 copy adds little.
+    let a = s.tensor();
+    let b = t.tensor();
     let standard_error = match params.estimator {
         Estimator::Biased => None,
         Estimator::Unbiased if s.nrows().min(t.nrows()) >= 3 => {
@@ -220,10 +227,14 @@ pub fn mmd(s: ArrayView2<f64>, t: ArrayView2<f64>, params: &MmdParams) -> Result
 /// let b = ndarray::array![[1.0, 1.0], [2.0, 2.0]];
 /// assert!(gapmeter::metrics::cmmd(a.view(), b.view()).unwrap() > 0.0);
 /// ```
-pub fn cmmd(s: ArrayView2<f64>, t: ArrayView2<f64>) -> Result<f64, MetricError> {
+pub fn cmmd<'a, 'b>(
+    s: impl Into<FeatureView<'a>>,
+    t: impl Into<FeatureView<'b>>,
+) -> Result<f64, MetricError> {
+    let (s, t) = (s.into(), t.into());
     check(s, t, "CMMD")?;
-    let normalise = |x: ArrayView2<f64>| -> Result<Tensor, MetricError> {
-        let x = linalg::tensor(x);
+    let normalise = |x: FeatureView| -> Result<Tensor, MetricError> {
+        let x = x.tensor();
         let norm = x
             .f_mul(&x)?
             .f_sum_dim_intlist(1, true, Kind::Double)?
@@ -287,8 +298,25 @@ mod tests {
         // Pairwise distances 1, 3, 2: median 2.
         let m = mmd(a.view(), a.view(), &MmdParams::default()).unwrap();
         assert_eq!(m.sigma, 1.0);
-        let pooled = median_sigma(&linalg::tensor(a.view()), &linalg::tensor(b.view()), 0).unwrap();
+        let pooled = median_sigma(a.view().into(), b.view().into(), 0).unwrap();
         assert_eq!(pooled, 2.0);
+    }
+
+    #[test]
+    fn median_over_drawn_rows_takes_them_in_drawn_order_from_either_set() {
+        // Above 2000 pooled rows the median runs on a draw; gathering the drawn rows per set must
+        // give the rows that indexing the concatenation gives.
+        let a = grid(1500, 3, 0.0);
+        let b = grid(900, 3, 0.4).mapv(|v| v as f32);
+        let got = median_sigma(a.view().into(), b.view().into(), 7).unwrap();
+        let pooled =
+            ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.mapv(f64::from).view()]).unwrap();
+        let idx = LegacyRandomState::new(7).choice_without_replacement(2400, 2000);
+        let x = linalg::tensor(pooled.select(ndarray::Axis(0), &idx).view());
+        let d2 = squared_distances(&x, &x).unwrap();
+        let mask = Tensor::ones([2000, 2000], (Kind::Bool, tch::Device::Cpu)).triu(1);
+        let want = d2.masked_select(&mask).sqrt().median().double_value(&[]);
+        assert_eq!(got, want);
     }
 
     #[test]

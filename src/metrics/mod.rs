@@ -1,8 +1,11 @@
 //! Pure math on features and statistics: no I/O, no models. Every metric takes features (rows are
-//! images) or sufficient statistics and returns numbers, computed in float64.
+//! images, stored as float32 or float64: [`Features`]) or sufficient statistics and returns
+//! numbers, computed in float64 on row blocks.
 //!
 //! Dense linear algebra runs on libtorch's CPU kernels (LAPACK/BLAS), which gapmeter links anyway.
 
+mod blocks;
+mod features;
 mod fid;
 mod inception_score;
 mod kid;
@@ -16,9 +19,10 @@ mod stats;
 mod style;
 mod ustat;
 
+pub use features::{FeatureElement, FeatureView, Features};
 pub use fid::{fid_from_features, fid_from_gaussians, Fid};
 pub use inception_score::{inception_score, InceptionScore, IsParams};
-pub use kid::{kid, kid_resampled, Kid, KidParams};
+pub use kid::{kid, kid_resampled, kid_with, Kid, KidKernels, KidParams};
 pub use mmd::{cmmd, median_bandwidth, mmd, mmd_resampled, Bandwidth, Estimator, Mmd, MmdParams};
 pub use per_image::{per_image_gap, ImageGap};
 pub use prdc::{prdc, Prdc, PrdcParams};
@@ -29,9 +33,6 @@ pub use resampling::{
 };
 pub use stats::{FeatureStats, Gaussian};
 pub use style::{image_covariances, per_image_style_distance, style_gap, StyleGap, StyleSet};
-
-/// A feature matrix: one row per image, one column per feature dimension.
-pub type Features = ndarray::Array2<f64>;
 
 /// Errors a metric reports for input it cannot score.
 #[derive(Debug, thiserror::Error)]

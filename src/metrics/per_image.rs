@@ -1,9 +1,8 @@
 //! Per-image gap: which source images are farthest out of the target domain; docs/metrics.md, "Per-image gap".
-use ndarray::ArrayView2;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::{linalg, mmd::squared_distances, MetricError};
+use super::{blocks, linalg, FeatureView, MetricError};
 
 /// One source image's gap scores.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -19,16 +18,28 @@ pub struct ImageGap {
     pub knn_distance: f64,
 }
 
-/// Rows handled per block, bounding memory to block × n kernel entries.
-const BLOCK: i64 = 1024;
-
 /// Witness values (RBF kernel of bandwidth `sigma`) and distances to the `k`-th nearest target
 /// sample for every source row, in source order.
-pub fn per_image_gap(
-    source: ArrayView2<f64>,
-    target: ArrayView2<f64>,
+///
+/// Source rows go in blocks whose distances to the whole target set stay within a fixed budget
+/// (the k-th nearest needs whole rows); the own-set kernel sums go by column blocks too.
+pub fn per_image_gap<'a, 'b>(
+    source: impl Into<FeatureView<'a>>,
+    target: impl Into<FeatureView<'b>>,
     sigma: f64,
     k: usize,
+) -> Result<Vec<ImageGap>, MetricError> {
+    let (source, target) = (source.into(), target.into());
+    let rows = blocks::distance_rows(source.nrows().max(target.nrows()));
+    gap_in_blocks(source, target, sigma, k, rows)
+}
+
+fn gap_in_blocks(
+    source: FeatureView,
+    target: FeatureView,
+    sigma: f64,
+    k: usize,
+    rows_per_block: usize,
 ) -> Result<Vec<ImageGap>, MetricError> {
     let (ns, d) = source.dim();
     let nt = target.nrows();
@@ -48,33 +59,35 @@ pub fn per_image_gap(
         )));
     }
     let gamma = 1.0 / (2.0 * sigma * sigma);
-    let s = linalg::tensor(source);
-    let t = linalg::tensor(target);
-    let rbf = |a: &Tensor, b: &Tensor| -> Result<Tensor, MetricError> {
-        Ok(squared_distances(a, b)?.f_mul_scalar(-gamma)?.f_exp()?)
-    };
     let mut out = Vec::with_capacity(ns);
-    let mut start = 0i64;
-    while start < ns as i64 {
-        let len = BLOCK.min(ns as i64 - start);
-        let block = s.f_narrow(0, start, len)?;
-        let to_target = rbf(&block, &t)?.f_mean_dim(1, false, Kind::Double)?;
+    for (start, len) in source.block_ranges(rows_per_block) {
+        let block = source.block(start, len);
+        let to_t = blocks::squared_distance_rows(&block, target)?;
+        let to_target = to_t
+            .f_mul_scalar(-gamma)?
+            .f_exp()?
+            .f_mean_dim(1, false, Kind::Double)?;
+        let mut own = Tensor::f_zeros([len as i64], (Kind::Double, Device::Cpu))?;
+        blocks::for_each_column_block(&block, source, |_, d2| {
+            let sums =
+                d2.f_mul_scalar(-gamma)?
+                    .f_exp()?
+                    .f_sum_dim_intlist(1, false, Kind::Double)?;
+            own = own.f_add(&sums)?;
+            Ok(())
+        })?;
         // k(x, x) = 1 exactly for an RBF kernel; leave it out of the own-set mean.
-        let to_own = rbf(&block, &s)?
-            .f_sum_dim_intlist(1, false, Kind::Double)?
-            .f_sub_scalar(1.0)?
-            .f_div_scalar((ns - 1) as f64)?;
+        let to_own = own.f_sub_scalar(1.0)?.f_div_scalar((ns - 1) as f64)?;
         let witness = linalg::to_vec(&to_target.f_sub(&to_own)?)?;
-        let (knn, _) = squared_distances(&block, &t)?.f_kthvalue(k.max(1) as i64, 1, false)?;
+        let (knn, _) = to_t.f_kthvalue(k.max(1) as i64, 1, false)?;
         let knn = linalg::to_vec(&knn.f_sqrt()?)?;
         for (i, (w, dist)) in witness.into_iter().zip(knn).enumerate() {
             out.push(ImageGap {
-                index: start as usize + i,
+                index: start + i,
                 witness: w,
                 knn_distance: dist,
             });
         }
-        start += len;
     }
     Ok(out)
 }
@@ -106,6 +119,29 @@ mod tests {
             .max_by(|a, b| a.knn_distance.total_cmp(&b.knn_distance))
             .unwrap();
         assert_eq!(max_d.index, 3);
+    }
+
+    #[test]
+    fn blocks_and_float32_storage_give_the_same_gaps() {
+        let mut rng = crate::metrics::rng::LegacyRandomState::new(5);
+        let s = Array2::from_shape_simple_fn((37, 6), || rng.random_sample() as f32);
+        let mut t = Array2::from_shape_simple_fn((29, 6), || rng.random_sample() as f32 + 0.2);
+        let dup = s.row(2).to_owned();
+        t.row_mut(0).assign(&dup);
+        let (s64, t64) = (s.mapv(f64::from), t.mapv(f64::from));
+        let whole = gap_in_blocks(s64.view().into(), t64.view().into(), 0.8, 3, 37).unwrap();
+        for rows in [1, 5, 16] {
+            let got = gap_in_blocks(s.view().into(), t.view().into(), 0.8, 3, rows).unwrap();
+            // Equal up to rounding: matrix products of other shapes may sum in another order.
+            for (g, w) in got.iter().zip(&whole) {
+                assert_eq!(g.index, w.index);
+                assert!(
+                    (g.knn_distance - w.knn_distance).abs() < 1e-12,
+                    "{g:?} vs {w:?}"
+                );
+                assert!((g.witness - w.witness).abs() < 1e-14, "{g:?} vs {w:?}");
+            }
+        }
     }
 
     #[test]

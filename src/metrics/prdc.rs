@@ -1,10 +1,9 @@
 //! Precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al. 2020),
 //! with the k-NN radii and strict comparisons of the `prdc` reference package.
-use ndarray::ArrayView2;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::{linalg, mmd::squared_distances, MetricError};
+use super::{blocks, FeatureView, MetricError};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrdcParams {
@@ -30,23 +29,32 @@ pub struct Prdc {
     pub coverage: f64,
 }
 
-/// Euclidean distances computed as sklearn's `pairwise_distances` does for float64 input.
-fn distances(a: &Tensor, b: &Tensor) -> Result<Tensor, MetricError> {
-    Ok(squared_distances(a, b)?.f_sqrt()?)
-}
-
-/// Distance of each row to its k-th nearest other row (the row itself is the 0-th).
-fn knn_radii(x: &Tensor, k: usize) -> Result<Tensor, MetricError> {
-    let mut d = distances(x, x)?;
-    // A point's distance to itself is 0 by definition; rounding in ‖x‖²+‖x‖²−2xᵀx may leave a
-    // tiny positive value that would displace the true nearest neighbour.
-    let _ = d.f_fill_diagonal_(0.0, false)?;
-    let (values, _) = d.f_kthvalue(k as i64 + 1, 1, false)?;
-    Ok(values)
+/// Distance of each row of `x` to its k-th nearest other row (the row itself is the 0-th), from
+/// row blocks of `rows_per_block` rows against all of `x`.
+fn knn_radii(x: FeatureView, k: usize, rows_per_block: usize) -> Result<Tensor, MetricError> {
+    let mut radii = Vec::with_capacity(x.nrows());
+    for (start, len) in x.block_ranges(rows_per_block) {
+        // Euclidean distances as sklearn's `pairwise_distances` forms them for float64 input.
+        let mut d = blocks::squared_distance_rows(&x.block(start, len), x)?;
+        let _ = d.f_sqrt_()?;
+        // A point's distance to itself is 0 by definition; rounding in ‖x‖²+‖x‖²−2xᵀx may leave a
+        // tiny positive value that would displace the true nearest neighbour.
+        let _ = d
+            .f_narrow(1, start as i64, len as i64)?
+            .f_fill_diagonal_(0.0, false)?;
+        let (values, _) = d.f_kthvalue(k as i64 + 1, 1, false)?;
+        radii.push(values);
+    }
+    Ok(Tensor::f_cat(&radii, 0)?)
 }
 
 /// Precision/recall with `k_pr` and density/coverage with `k_dc`. Source plays the role of the
 /// `prdc` package's "fake" features, target the "real" ones.
+///
+/// Computed by row blocks (docs/metrics.md, "Blockwise computation"): the k-NN radii from each
+/// block's distances to its whole set, then one pass of real row blocks against fake column
+/// blocks that counts what the four measures need. The comparisons are those of the whole
+/// distance matrix, so the counts are the same.
 ///
 /// ```
 /// use gapmeter::metrics::{prdc, PrdcParams};
@@ -54,22 +62,30 @@ fn knn_radii(x: &Tensor, k: usize) -> Result<Tensor, MetricError> {
 /// let r = prdc(a.view(), a.view(), &PrdcParams::default()).unwrap();
 /// assert_eq!((r.precision, r.recall, r.coverage), (1.0, 1.0, 1.0));
 /// ```
-pub fn prdc(
-    source: ArrayView2<f64>,
-    target: ArrayView2<f64>,
+pub fn prdc<'a, 'b>(
+    source: impl Into<FeatureView<'a>>,
+    target: impl Into<FeatureView<'b>>,
     params: &PrdcParams,
 ) -> Result<Prdc, MetricError> {
-    if source.ncols() != target.ncols() {
-        return Err(MetricError::DimensionMismatch(
-            source.ncols(),
-            target.ncols(),
-        ));
+    let (source, target) = (source.into(), target.into());
+    let rows = blocks::distance_rows(source.nrows().max(target.nrows()));
+    prdc_in_blocks(source, target, params, rows)
+}
+
+fn prdc_in_blocks(
+    fake: FeatureView,
+    real: FeatureView,
+    params: &PrdcParams,
+    rows_per_block: usize,
+) -> Result<Prdc, MetricError> {
+    if fake.ncols() != real.ncols() {
+        return Err(MetricError::DimensionMismatch(fake.ncols(), real.ncols()));
     }
     let k_max = params.k_pr.max(params.k_dc);
     if params.k_pr == 0 || params.k_dc == 0 {
         return Err(MetricError::InvalidParameter("k must be at least 1".into()));
     }
-    let n = source.nrows().min(target.nrows());
+    let n = fake.nrows().min(real.nrows());
     if n <= k_max {
         return Err(MetricError::TooFewSamples {
             metric: "precision/recall/density/coverage",
@@ -77,43 +93,168 @@ pub fn prdc(
             got: n,
         });
     }
-    if source.iter().chain(target.iter()).any(|v| !v.is_finite()) {
+    if !(fake.all_finite() && real.all_finite()) {
         return Err(MetricError::NonFinite);
     }
-    let fake = linalg::tensor(source);
-    let real = linalg::tensor(target);
-    // rows: real, columns: fake
-    let d = distances(&real, &fake)?;
-    let real_pr = knn_radii(&real, params.k_pr)?.f_unsqueeze(1)?;
-    let fake_pr = knn_radii(&fake, params.k_pr)?.f_unsqueeze(0)?;
+    let real_pr = knn_radii(real, params.k_pr, rows_per_block)?;
+    let fake_pr = knn_radii(fake, params.k_pr, rows_per_block)?.f_unsqueeze(0)?;
     let real_dc = if params.k_dc == params.k_pr {
         real_pr.shallow_clone()
     } else {
-        knn_radii(&real, params.k_dc)?.f_unsqueeze(1)?
+        knn_radii(real, params.k_dc, rows_per_block)?
     };
-    let mean = |t: Tensor| -> Result<f64, MetricError> {
-        linalg::scalar(&t.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?)
-    };
-    let precision = mean(d.f_lt_tensor(&real_pr)?.f_any_dim(0, false)?)?;
-    let recall = mean(d.f_lt_tensor(&fake_pr)?.f_any_dim(1, false)?)?;
-    let inside_dc = d.f_lt_tensor(&real_dc)?.f_to_kind(Kind::Double)?;
-    // Same operation order as the reference: (1/k) · mean(count).
-    let density =
-        (1.0 / params.k_dc as f64) * mean(inside_dc.f_sum_dim_intlist(0, false, Kind::Double)?)?;
-    let (nearest_fake, _) = d.f_min_dim(1, false)?;
-    let coverage = mean(nearest_fake.f_lt_tensor(&real_dc.f_squeeze_dim(1)?)?)?;
+    let (nr, nf) = (real.nrows(), fake.nrows());
+    // Per fake sample: inside some real ball (precision). Summed over the pass: real balls of
+    // radius k_dc holding a fake sample (density). Per real row: some fake ball holds it
+    // (recall), nearest fake sample within its k_dc ball (coverage).
+    let fake_inside = Tensor::f_zeros([nf as i64], (Kind::Bool, Device::Cpu))?;
+    let mut density_count: i64 = 0;
+    let (mut recalled, mut covered) = (0i64, 0i64);
+    for (start, len) in real.block_ranges(rows_per_block) {
+        let pr = real_pr
+            .f_narrow(0, start as i64, len as i64)?
+            .f_unsqueeze(1)?;
+        let dc = real_dc
+            .f_narrow(0, start as i64, len as i64)?
+            .f_unsqueeze(1)?;
+        let mut in_fake_ball = Tensor::f_zeros([len as i64], (Kind::Bool, Device::Cpu))?;
+        let mut nearest: Option<Tensor> = None;
+        blocks::for_each_column_block(&real.block(start, len), fake, |col, mut d| {
+            let _ = d.f_sqrt_()?;
+            let width = d.size()[1];
+            let inside = d.f_lt_tensor(&pr)?.f_any_dim(0, false)?;
+            let mut cols = fake_inside.f_narrow(0, col as i64, width)?;
+            let merged = cols.f_logical_or(&inside)?;
+            cols.f_copy_(&merged)?;
+            let radii = fake_pr.f_narrow(1, col as i64, width)?;
+            in_fake_ball =
+                in_fake_ball.f_logical_or(&d.f_lt_tensor(&radii)?.f_any_dim(1, false)?)?;
+            density_count += d.f_lt_tensor(&dc)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            let (m, _) = d.f_min_dim(1, false)?;
+            nearest = Some(match nearest.take() {
+                Some(prev) => prev.f_minimum(&m)?,
+                None => m,
+            });
+            Ok(())
+        })?;
+        recalled += in_fake_ball.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        if let Some(m) = nearest {
+            covered += m
+                .f_lt_tensor(&dc.f_squeeze_dim(1)?)?
+                .f_sum(Kind::Int64)?
+                .f_int64_value(&[])?;
+        }
+    }
+    let precise = fake_inside.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    // Counts are exact integers, so count/n is what the reference's mean of 0/1 values gives;
+    // density keeps its (1/k) · mean(count) order.
     Ok(Prdc {
-        precision,
-        recall,
-        density,
-        coverage,
+        precision: precise as f64 / nf as f64,
+        recall: recalled as f64 / nr as f64,
+        density: (1.0 / params.k_dc as f64) * (density_count as f64 / nf as f64),
+        coverage: covered as f64 / nr as f64,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{linalg, mmd::squared_distances};
     use ndarray::Array2;
+
+    /// The whole-matrix computation this module used before it went blockwise: every distance
+    /// matrix at once. The oracle for the blockwise counts.
+    fn whole_matrix(source: &Array2<f64>, target: &Array2<f64>, params: &PrdcParams) -> Prdc {
+        let distances = |a: &Tensor, b: &Tensor| squared_distances(a, b).unwrap().sqrt();
+        let knn_radii = |x: &Tensor, k: usize| {
+            let mut d = distances(x, x);
+            let _ = d.fill_diagonal_(0.0, false);
+            d.kthvalue(k as i64 + 1, 1, false).0
+        };
+        let fake = linalg::tensor(source.view());
+        let real = linalg::tensor(target.view());
+        let d = distances(&real, &fake);
+        let real_pr = knn_radii(&real, params.k_pr).unsqueeze(1);
+        let fake_pr = knn_radii(&fake, params.k_pr).unsqueeze(0);
+        let real_dc = knn_radii(&real, params.k_dc).unsqueeze(1);
+        let mean = |t: Tensor| t.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        let inside_dc = d.lt_tensor(&real_dc).to_kind(Kind::Double);
+        Prdc {
+            precision: mean(d.lt_tensor(&real_pr).any_dim(0, false)),
+            recall: mean(d.lt_tensor(&fake_pr).any_dim(1, false)),
+            density: (1.0 / params.k_dc as f64)
+                * mean(inside_dc.sum_dim_intlist(0, false, Kind::Double)),
+            coverage: mean(d.min_dim(1, false).0.lt_tensor(&real_dc.squeeze_dim(1))),
+        }
+    }
+
+    #[test]
+    fn blocks_give_the_whole_matrix_counts() {
+        let mut rng = crate::metrics::rng::LegacyRandomState::new(17);
+        // Continuous values: no two distances tie.
+        let continuous = |rng: &mut crate::metrics::rng::LegacyRandomState, n, d, shift| {
+            Array2::from_shape_simple_fn((n, d), || rng.random_sample() * 2.0 + shift)
+        };
+        // Quarter steps in [0, 2): every product and sum is exact in float64, so identical rows
+        // are at distance exactly 0 and equal distances tie exactly, however the matrix products
+        // are blocked or threaded. (With continuous values, a duplicate's distance is rounding
+        // noise that varies between runs of the very same whole-matrix product.)
+        let grid = |rng: &mut crate::metrics::rng::LegacyRandomState, n, d, shift| {
+            Array2::from_shape_simple_fn((n, d), || {
+                (rng.random_sample() * 8.0).floor() / 4.0 + shift
+            })
+        };
+        for (nf, nr, d) in [(23, 31, 3), (40, 17, 5), (64, 64, 2)] {
+            let sets = [
+                (
+                    continuous(&mut rng, nf, d, 0.0),
+                    continuous(&mut rng, nr, d, 0.25),
+                ),
+                (grid(&mut rng, nf, d, 0.0), grid(&mut rng, nr, d, 0.25)),
+            ];
+            for (kind, (fake, real)) in sets.into_iter().enumerate() {
+                let (mut fake, mut real) = (fake, real);
+                if kind == 1 {
+                    // Duplicates: identical rows within each set and shared between the sets.
+                    for i in 0..4 {
+                        let row = fake.row(i).to_owned();
+                        fake.row_mut(nf - 1 - i).assign(&row);
+                        real.row_mut(i).assign(&row);
+                    }
+                    let row = real.row(5).to_owned();
+                    real.row_mut(6).assign(&row);
+                    real.row_mut(7).assign(&row);
+                }
+                for params in [
+                    PrdcParams::default(),
+                    PrdcParams { k_pr: 1, k_dc: 1 },
+                    PrdcParams { k_pr: 4, k_dc: 2 },
+                ] {
+                    let want = whole_matrix(&fake, &real, &params);
+                    for rows in [1, 4, 7, 16, 1000] {
+                        let got =
+                            prdc_in_blocks(fake.view().into(), real.view().into(), &params, rows)
+                                .unwrap();
+                        assert_eq!(
+                            got, want,
+                            "{nf}x{nr}x{d} set {kind}, {params:?}, {rows} rows a block"
+                        );
+                    }
+                    // float32 storage: the same counts as its float64 upcast.
+                    let (f32_fake, f32_real) = (fake.mapv(|v| v as f32), real.mapv(|v| v as f32));
+                    let upcast = whole_matrix(
+                        &f32_fake.mapv(f64::from),
+                        &f32_real.mapv(f64::from),
+                        &params,
+                    );
+                    assert_eq!(
+                        prdc(f32_fake.view(), f32_real.view(), &params).unwrap(),
+                        upcast
+                    );
+                }
+            }
+        }
+    }
 
     /// The definitions written out with loops.
     fn naive(fake: &Array2<f64>, real: &Array2<f64>, k: usize) -> [f64; 4] {

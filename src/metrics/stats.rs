@@ -1,9 +1,14 @@
 //! Sufficient statistics of a feature set, kept so they merge exactly; docs/metrics.md,
 //! "Sufficient statistics".
-use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
-use super::{linalg, MetricError};
+use super::features::rows_within;
+use super::{linalg, FeatureView, MetricError};
+
+/// Bytes of float64 rows per block of the two passes: large enough for an efficient matrix
+/// product, small next to the features themselves.
+const STATS_BLOCK_BYTES: usize = 32 << 20;
 
 /// Count, mean and centred scatter matrix Σ(x−μ)(x−μ)ᵀ of a feature set, in float64.
 ///
@@ -46,18 +51,37 @@ impl FeatureStats {
     }
 
     /// Statistics of the rows of `features`, centred on their own mean before the outer products.
-    pub fn from_features(features: ArrayView2<f64>) -> Result<Self, MetricError> {
+    ///
+    /// Two passes over row blocks, each block turned into float64 on its own: the mean, then the
+    /// centred scatter accumulated block by block, so no float64 copy of the whole matrix exists.
+    pub fn from_features<'a>(features: impl Into<FeatureView<'a>>) -> Result<Self, MetricError> {
+        let features = features.into();
+        Self::from_row_blocks(
+            features,
+            rows_within(features.ncols() * 8, STATS_BLOCK_BYTES),
+        )
+    }
+
+    fn from_row_blocks(features: FeatureView, rows: usize) -> Result<Self, MetricError> {
         let (n, dim) = features.dim();
         if n == 0 {
             return Ok(Self::empty(dim));
         }
-        if features.iter().any(|v| !v.is_finite()) {
+        if !features.all_finite() {
             return Err(MetricError::NonFinite);
         }
-        let x = linalg::tensor(features);
-        let mean = x.f_mean_dim(0, false, tch::Kind::Double)?;
-        let centred = x.f_sub(&mean.f_unsqueeze(0)?)?;
-        let scatter = centred.f_tr()?.f_mm(&centred)?;
+        let mut sum = Tensor::f_zeros([dim as i64], (Kind::Double, Device::Cpu))?;
+        for (start, len) in features.block_ranges(rows) {
+            let block = features.block(start, len);
+            sum = sum.f_add(&block.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        }
+        let mean = sum.f_div_scalar(n as f64)?;
+        let centre = mean.f_unsqueeze(0)?;
+        let mut scatter = Tensor::f_zeros([dim as i64, dim as i64], (Kind::Double, Device::Cpu))?;
+        for (start, len) in features.block_ranges(rows) {
+            let centred = features.block(start, len).f_sub(&centre)?;
+            let _ = scatter.f_addmm_(&centred.f_tr()?, &centred)?;
+        }
         Ok(Self {
             n: n as u64,
             dim,
@@ -172,6 +196,18 @@ impl FeatureStats {
         self.scatter.iter().map(|s| s / denom).collect()
     }
 
+    /// [`Self::gaussian`], reusing the scatter matrix's storage for the covariance.
+    pub fn into_gaussian(self) -> Gaussian {
+        let denom = (self.n.max(2) - 1) as f64;
+        let mut cov = self.scatter;
+        cov.iter_mut().for_each(|s| *s /= denom);
+        Gaussian {
+            mean: self.mean,
+            cov,
+            n: Some(self.n),
+        }
+    }
+
     /// Mean and covariance, the Gaussian FID compares.
     pub fn gaussian(&self) -> Gaussian {
         Gaussian {
@@ -241,6 +277,24 @@ mod tests {
         let cov = c.t().dot(&c) / 49.0;
         assert_close(st.mean(), mean.as_slice().unwrap(), 1e-14);
         assert_close(&st.covariance(), cov.as_slice().unwrap(), 1e-13);
+    }
+
+    #[test]
+    fn row_blocks_and_float32_storage_change_nothing_but_rounding() {
+        let x = random(103, 5, 0.7, 3.0, 5);
+        let whole = FeatureStats::from_row_blocks(x.view().into(), 103).unwrap();
+        for rows in [1, 10, 64] {
+            let blocked = FeatureStats::from_row_blocks(x.view().into(), rows).unwrap();
+            assert_close(blocked.mean(), whole.mean(), 1e-14);
+            assert_close(blocked.scatter(), whole.scatter(), 1e-13);
+        }
+        // float32 storage is the float64 computation on the exactly upcast values.
+        let narrow = x.mapv(|v| v as f32);
+        let wide = narrow.mapv(f64::from);
+        let a = FeatureStats::from_features(narrow.view()).unwrap();
+        let b = FeatureStats::from_features(wide.view()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.clone().into_gaussian(), a.gaussian());
     }
 
     #[test]

@@ -70,9 +70,42 @@ where
     };
     let xs = row_sums(x, nx, Some(y))?;
     let ys = row_sums(y, ny, None)?;
+    Ok(from_row_sums(&xs, &ys.within))
+}
+
+/// [`jackknife`] from kernel matrices already at hand: k(x, x), k(y, y) and k(x, y) whole.
+pub(crate) fn jackknife_from_kernels(
+    kxx: &Tensor,
+    kyy: &Tensor,
+    kxy: &Tensor,
+) -> Result<(f64, f64), MetricError> {
+    let (nx, ny) = (kxx.size()[0] as usize, kyy.size()[0] as usize);
+    if nx.min(ny) < 3 {
+        return Err(MetricError::TooFewSamples {
+            metric: "a U-statistic's jackknife",
+            needed: 3,
+            got: nx.min(ny),
+        });
+    }
+    let off_diagonal_row_sums = |k: &Tensor| -> Result<Vec<f64>, MetricError> {
+        let sums = k.f_sum_dim_intlist(1, false, Kind::Double)?;
+        linalg::to_vec(&sums.f_sub(&k.f_diagonal(0, 0, 1)?)?)
+    };
+    let xs = RowSums {
+        within: off_diagonal_row_sums(kxx)?,
+        cross: linalg::to_vec(&kxy.f_sum_dim_intlist(1, false, Kind::Double)?)?,
+        cols: linalg::to_vec(&kxy.f_sum_dim_intlist(0, false, Kind::Double)?)?,
+    };
+    Ok(from_row_sums(&xs, &off_diagonal_row_sums(kyy)?))
+}
+
+/// U and its jackknife variance from x's off-diagonal within-set row sums, its cross row sums
+/// and the cross column sums, and y's off-diagonal within-set row sums.
+fn from_row_sums(xs: &RowSums, ys_within: &[f64]) -> (f64, f64) {
+    let (nx, ny) = (xs.within.len(), ys_within.len());
     let (fx, fy) = (nx as f64, ny as f64);
     let sxx: f64 = xs.within.iter().sum();
-    let syy: f64 = ys.within.iter().sum();
+    let syy: f64 = ys_within.iter().sum();
     let sxy: f64 = xs.cross.iter().sum();
     let u = sxx / (fx * (fx - 1.0)) + syy / (fy * (fy - 1.0)) - 2.0 * sxy / (fx * fy);
     let without_x: Vec<f64> = (0..nx)
@@ -83,7 +116,7 @@ where
         .collect();
     let without_y: Vec<f64> = (0..ny)
         .map(|j| {
-            sxx / (fx * (fx - 1.0)) + (syy - 2.0 * ys.within[j]) / ((fy - 1.0) * (fy - 2.0))
+            sxx / (fx * (fx - 1.0)) + (syy - 2.0 * ys_within[j]) / ((fy - 1.0) * (fy - 2.0))
                 - 2.0 * (sxy - xs.cols[j]) / (fx * (fy - 1.0))
         })
         .collect();
@@ -92,7 +125,7 @@ where
         let m = v.iter().sum::<f64>() / n;
         (n - 1.0) / n * v.iter().map(|x| (x - m) * (x - m)).sum::<f64>()
     };
-    Ok((u, spread(&without_x) + spread(&without_y)))
+    (u, spread(&without_x) + spread(&without_y))
 }
 
 struct RowSums {
@@ -178,6 +211,13 @@ mod tests {
         let brute = spread((0..9).map(|i| u_of(&without(&x, i), &y)).collect())
             + spread((0..7).map(|j| u_of(&x, &without(&y, j))).collect());
         assert!(((var - brute) / brute).abs() < 1e-9, "{var} vs {brute}");
+        let (u2, var2) = jackknife_from_kernels(
+            &linear(&x, &x).unwrap(),
+            &linear(&y, &y).unwrap(),
+            &linear(&x, &y).unwrap(),
+        )
+        .unwrap();
+        assert!((u2 - u).abs() < 1e-12 && ((var2 - var) / var).abs() < 1e-12);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::features::{Chunk, Engine, PrepareError, RunOptions};
 use crate::imaging::{self, Prepared, ResizeMode};
 use crate::ingest::list_images;
-use crate::metrics::{Features, StyleSet};
+use crate::metrics::{FeatureElement, Features, StyleSet};
 
 /// An image left out of a set, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -90,7 +90,7 @@ pub fn extract_folder(
         &dir.display().to_string(),
     );
 
-    let mut rows: Vec<f64> = Vec::new();
+    let mut rows: Vec<f32> = Vec::new();
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
     let mut dim = engine.feature_dim();
@@ -115,7 +115,7 @@ pub fn extract_folder(
             skipped.push(Skipped { path, reason });
         }
         if let Some(out) = &chunk.outputs {
-            let f = out.rows(&feature_name)?;
+            let f = out.rows_f32(&feature_name)?;
             dim = f.ncols();
             rows.extend(f.iter());
             if opts.logits {
@@ -159,7 +159,11 @@ pub fn extract_folder(
 }
 
 /// Rows of `dim` values, one per image, as the metrics take them.
-fn features_from_rows(n: usize, dim: usize, rows: Vec<f64>) -> anyhow::Result<Features> {
+fn features_from_rows<T: FeatureElement>(
+    n: usize,
+    dim: usize,
+    rows: Vec<T>,
+) -> anyhow::Result<Features> {
     Ok(Features::from_shape_vec((n, dim), rows)?)
 }
 

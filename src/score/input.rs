@@ -2,9 +2,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{Array1, Array2};
 use ndarray_npy::{NpzReader, ReadNpyExt};
 use std::borrow::Cow;
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +93,7 @@ impl SetData {
     /// The samples `idx` (with repetition allowed), for resampling. Statistics-only sets cannot be
     /// resampled.
     pub fn select(&self, idx: &[usize]) -> anyhow::Result<Self> {
-        let rows = |f: &Features| f.select(Axis(0), idx);
+        let rows = |f: &Features| f.select_rows(idx);
         let features = Some(rows(
             self.features
                 .as_ref()
@@ -142,13 +143,13 @@ impl LoadedSet {
                 (data, set.content_hash, set.skipped, set.paths)
             }
             InputKind::Features(path) => {
-                let f = read_features(path)?;
+                let (f, hash) = read_features_hashed(path)?;
                 let labels = (0..f.nrows()).map(|i| format!("row {i}")).collect();
                 let data = SetData {
                     features: Some(f),
                     ..SetData::default()
                 };
-                (data, file_hash(path)?, Vec::new(), labels)
+                (data, hash, Vec::new(), labels)
             }
             InputKind::Statistics(path) => {
                 let data = SetData {
@@ -205,24 +206,97 @@ fn file_hash(path: &Path) -> anyhow::Result<String> {
     Ok(format!("blake3:{}", hasher.finalize().to_hex()))
 }
 
-/// An N×d float32 or float64 `.npy`, as float64.
+/// An N×d float32 or float64 `.npy`, kept in its own precision.
 pub fn read_features(path: &Path) -> anyhow::Result<Features> {
-    let open = || std::fs::File::open(path).with_context(|| format!("opening {}", path.display()));
-    let f = match Array2::<f64>::read_npy(open()?) {
-        Ok(a) => a,
-        Err(_) => Array2::<f32>::read_npy(open()?)
-            .map(|a| a.mapv(f64::from))
-            .with_context(|| {
-                format!(
-                    "{}: expected a 2-D float32 or float64 array (N×d)",
-                    path.display()
-                )
-            })?,
+    Ok(read_features_hashed(path)?.0)
+}
+
+/// [`read_features`] and the file's content hash (as [`file_hash`] gives it), from one read of the
+/// file: the dtype comes from the header, so the data is read once, straight into its own type.
+fn read_features_hashed(path: &Path) -> anyhow::Result<(Features, String)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        hasher: blake3::Hasher::new(),
     };
-    if f.iter().any(|v| !v.is_finite()) {
+    let expected = || {
+        format!(
+            "{}: expected a 2-D float32 or float64 array (N×d)",
+            path.display()
+        )
+    };
+    let header = read_npy_header(&mut reader)
+        .with_context(|| format!("{}: not an .npy file", path.display()))?;
+    let descr = npy_descr(&header).with_context(expected)?;
+    // The header bytes go back in front of the rest of the stream for ndarray-npy to parse.
+    let replay = std::io::Cursor::new(header).chain(&mut reader);
+    let features = match descr.get(1..) {
+        Some("f4") => Features::F32(Array2::<f32>::read_npy(replay).with_context(expected)?),
+        Some("f8") => Features::F64(Array2::<f64>::read_npy(replay).with_context(expected)?),
+        _ => bail!("{} (found dtype {descr})", expected()),
+    };
+    // ndarray-npy rejects trailing bytes, so the whole file has passed through the hasher.
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !features.view().all_finite() {
         bail!("{}: features contain NaN or infinity", path.display());
     }
-    Ok(f)
+    Ok((
+        features,
+        format!("blake3:{}", reader.hasher.finalize().to_hex()),
+    ))
+}
+
+/// Feeds everything read through it to a blake3 hasher.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The magic string, version, length field and header dictionary of an `.npy`, as raw bytes.
+fn read_npy_header(reader: &mut impl Read) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; 10];
+    reader.read_exact(&mut bytes)?;
+    if bytes[..6] != b"\x93NUMPY"[..] {
+        bail!("no .npy magic string");
+    }
+    // Version 1 has a 2-byte header length, versions 2 and 3 a 4-byte one.
+    let len = match bytes[6] {
+        1 => u16::from_le_bytes([bytes[8], bytes[9]]) as usize,
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            reader.read_exact(&mut more)?;
+            bytes.extend_from_slice(&more);
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
+        }
+        v => bail!(".npy format version {v} is not supported"),
+    };
+    let start = bytes.len();
+    bytes.resize(start + len, 0);
+    reader.read_exact(&mut bytes[start..])?;
+    Ok(bytes)
+}
+
+/// The `descr` entry of an `.npy` header dictionary, e.g. `<f4`.
+fn npy_descr(header: &[u8]) -> anyhow::Result<String> {
+    let text = String::from_utf8_lossy(header);
+    let after = text
+        .split_once("'descr'")
+        .map(|(_, rest)| rest)
+        .context("the header has no 'descr'")?;
+    let value = after
+        .split('\'')
+        .nth(1)
+        .context("the header's 'descr' is not a string")?;
+    Ok(value.to_string())
 }
 
 /// `mu` (d) and `sigma` (d×d) from a pytorch-fid / clean-fid `.npz`.
@@ -265,4 +339,51 @@ pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
     };
     g.validate().with_context(|| path.display().to_string())?;
     Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray_npy::WriteNpyExt;
+
+    fn write<T: ndarray_npy::WritableElement>(dir: &Path, name: &str, a: &Array2<T>) -> PathBuf {
+        let path = dir.join(name);
+        a.write_npy(std::fs::File::create(&path).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn npy_features_keep_their_precision_and_hash_as_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Array2::from_shape_fn((4, 3), |(i, j)| i as f32 * 0.5 - j as f32 / 3.0);
+        let path = write(dir.path(), "a.npy", &a);
+        let (f, hash) = read_features_hashed(&path).unwrap();
+        assert_eq!(f, Features::F32(a.clone()));
+        assert_eq!(hash, file_hash(&path).unwrap());
+        let b = a.mapv(|v| f64::from(v) / 7.0);
+        let path = write(dir.path(), "b.npy", &b);
+        let (f, hash) = read_features_hashed(&path).unwrap();
+        assert_eq!(f, Features::F64(b));
+        assert_eq!(hash, file_hash(&path).unwrap());
+        // Fortran order reads as the same matrix.
+        let mut fortran = Array2::<f32>::zeros(ndarray::ShapeBuilder::f((4, 3)));
+        fortran.assign(&a);
+        let path = write(dir.path(), "c.npy", &fortran);
+        assert_eq!(read_features(&path).unwrap(), Features::F32(a.clone()));
+    }
+
+    #[test]
+    fn npy_features_that_are_not_finite_floats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Array2::<f32>::zeros((2, 2));
+        a[[1, 1]] = f32::INFINITY;
+        let err = read_features(&write(dir.path(), "inf.npy", &a)).unwrap_err();
+        assert!(format!("{err:#}").contains("NaN or infinity"), "{err:#}");
+        let ints = Array2::<i32>::zeros((2, 2));
+        let err = read_features(&write(dir.path(), "int.npy", &ints)).unwrap_err();
+        assert!(format!("{err:#}").contains("float32 or float64"), "{err:#}");
+        let path = dir.path().join("junk.npy");
+        std::fs::write(&path, b"not an array at all").unwrap();
+        assert!(read_features(&path).is_err());
+    }
 }
