@@ -160,7 +160,7 @@ struct Replica {
 /// use gapmeter::imaging::{decode_rgb, prepare};
 ///
 /// # fn main() -> anyhow::Result<()> {
-/// let manifest = Registry::new("models".into()).get("tiny-cnn")?;
+/// let manifest = Registry::new("models").get("tiny-cnn")?;
 /// let engine = Engine::load(manifest, &[DeviceSpec::Cpu, DeviceSpec::Cpu])?;
 /// let files = vec!["a.png", "b.png"];
 /// let (h, w) = engine.manifest().input_size.height_width();
