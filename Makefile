@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory coverage lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory gpu-bench-binary coverage lint fmt
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -62,6 +62,13 @@ bench-e2e: models
 ## replicas (the figures behind --batch-size auto, docs/performance.md)
 bench-extraction: models
 	$(WITH) cargo bench --profile dev --bench extraction
+
+## gpu-bench-binary: the binary scripts/gpu-bench.sh runs on a lent GPU machine (gpu-bench/gapmeter,
+## stripped so it travels light; it links that machine's own torch 2.11.0 at run time)
+gpu-bench-binary: setup
+	$(WITH) cargo build --quiet
+	mkdir -p gpu-bench
+	strip -o gpu-bench/gapmeter "$${CARGO_TARGET_DIR:-target}/debug/gapmeter"
 
 ## bench-upload: stream a ~500 MB upload into the service, print peak memory (needs PostgreSQL)
 bench-upload: setup

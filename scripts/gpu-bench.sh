@@ -8,15 +8,15 @@
 # There it links the machine's own PyTorch 2.11.0+cu130 (the same build PyPI's torch==2.11.0 is),
 # writes the seeded test models with that PyTorch, generates JPEGs and features, and measures:
 #   1. JPEG folder -> features, images/s, batch 64 and 256, on cuda:0 and on all GPUs;
-#   2. FID and KID at d = 2048 on the GPU and on the CPU, and their relative difference;
-#   3. the largest relative difference between CPU and GPU features of the same images.
+#   2. the largest relative difference between CPU and GPU features of the same images.
+# Metrics on the device (FID, KID, PRDC in float64 on the GPU) are not built yet; when they are,
+# their times at d = 2048 and their difference from the CPU values belong here too.
 # Every figure printed is measured in this run; the table also goes to $OUT/gpu-bench.md.
 set -euo pipefail
 BIN="$(realpath "${1:-gpu-bench/gapmeter}")"
 OUT="$(mkdir -p "${2:-${OUT:-/tmp/gpu-bench}}" && realpath "${2:-${OUT:-/tmp/gpu-bench}}")"
 PY="${PYTHON:-python3}"
 IMAGES="${GPU_BENCH_IMAGES:-1024}"
-FEATURES="${GPU_BENCH_FEATURES:-10000}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 started=$SECONDS
 
@@ -36,14 +36,6 @@ echo "== models and data"
 "$PY" "$here/make_test_models.py" --out "$GAPMETER_MODELS_DIR" --only inception-v3-fid-untrained >&2
 "$PY" "$here/bench/e2e.py" --make-sets-only --images "$IMAGES" --cache "$OUT/data" > "$OUT/sets.txt"
 read -r A B < "$OUT/sets.txt"
-"$PY" - "$OUT" "$FEATURES" <<'PY'
-import sys, numpy as np
-out, n = sys.argv[1], int(sys.argv[2])
-rng = np.random.default_rng(0)
-for name, shift in (("fa", 0.0), ("fb", 0.05)):
-    u = rng.random((n, 2048), dtype=np.float32)
-    np.save(f"{out}/{name}.npy", u + 0.5 * np.roll(u, 1, axis=1) + shift)
-PY
 
 table="$OUT/gpu-bench.md"
 {
@@ -57,12 +49,12 @@ extract_rate() { # devices batch
   local t0 t1
   t0=$(date +%s.%N)
   "$BIN" extract "$A" -o "$OUT/tmp.npy" --extractor inception-v3-fid-untrained \
-    --devices "$1" --batch-size "$2" >/dev/null
+    --devices "$1" --batch-size "$2" --no-progress >/dev/null
   t1=$(date +%s.%N)
   "$PY" -c "print(f'{$IMAGES / ($t1 - $t0):.1f}')"
 }
 "$BIN" extract "$A" -o "$OUT/warm.npy" --extractor inception-v3-fid-untrained --devices cuda:0 \
-  --batch-size 64 >/dev/null
+  --batch-size 64 --no-progress >/dev/null
 for batch in 64 256; do
   row "features, $IMAGES JPEGs, cuda:0, batch $batch (images/s, whole run)" "$(extract_rate cuda:0 "$batch")"
   if (( gpus > 1 )); then
@@ -70,29 +62,11 @@ for batch in 64 256; do
   fi
 done
 
-echo "== 2. FID and KID at d = 2048 ($FEATURES vs $FEATURES)"
-for metric in fid kid; do
-  for dev in cuda:0 cpu; do
-    t0=$(date +%s.%N)
-    "$BIN" score "$OUT/fa.npy" "$OUT/fb.npy" --metrics "$metric" --device "$dev" --format json \
-      > "$OUT/$metric-$dev.json"
-    t1=$(date +%s.%N)
-    row "$metric, $FEATURES vs $FEATURES x 2048, $dev (s)" "$("$PY" -c "print(f'{$t1 - $t0:.2f}')")"
-  done
-  row "$metric, relative difference GPU vs CPU" "$("$PY" - "$OUT/$metric-cuda:0.json" "$OUT/$metric-cpu.json" "$metric" <<'PY'
-import json, sys
-g, c = (json.load(open(p))["metrics"][sys.argv[3]] for p in sys.argv[1:3])
-key = "value" if g.get("value") is not None else "mean"
-print(f"{abs(g[key] - c[key]) / abs(c[key]):.1e}")
-PY
-)"
-done
-
-echo "== 3. CPU vs GPU features (first 64 images)"
+echo "== 2. CPU vs GPU features (first 64 images)"
 mkdir -p "$OUT/sub"
 find "$A" -name '*.jpg' | sort | head -64 | xargs -I{} cp {} "$OUT/sub/"
-"$BIN" extract "$OUT/sub" -o "$OUT/cpu.npy" --extractor inception-v3-fid-untrained --devices cpu --batch-size 16 >/dev/null
-"$BIN" extract "$OUT/sub" -o "$OUT/gpu.npy" --extractor inception-v3-fid-untrained --devices cuda:0 --batch-size 64 >/dev/null
+"$BIN" extract "$OUT/sub" -o "$OUT/cpu.npy" --extractor inception-v3-fid-untrained --devices cpu --batch-size 16 --no-progress >/dev/null
+"$BIN" extract "$OUT/sub" -o "$OUT/gpu.npy" --extractor inception-v3-fid-untrained --devices cuda:0 --batch-size 64 --no-progress >/dev/null
 row "largest relative difference, CPU vs GPU features" "$("$PY" - "$OUT" <<'PY'
 import sys, numpy as np
 c, g = np.load(f"{sys.argv[1]}/cpu.npy").astype(np.float64), np.load(f"{sys.argv[1]}/gpu.npy").astype(np.float64)

@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Score SOURCE against TARGET: image folders, .npy features or .npz statistics.
     Score(score::ScoreArgs),
+    /// Extract a folder's features to an .npy (the engine `score` uses; rows in folder order).
+    Extract(score::ExtractArgs),
     /// Pairwise gap table between two or more sets, each extracted once.
     Matrix(score::MatrixArgs),
     /// Run the HTTP service (with an in-process worker unless --no-worker).
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Matrix(args) => score::run_matrix(args),
+        Command::Extract(args) => score::run_extract(args),
         Command::Serve(args) => service::serve(args),
         Command::Worker(args) => service::worker(args),
         Command::Migrate(args) => service::migrate(args),

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 
 use crate::features::{default_models_dir, BatchSize, Devices, Registry};
 use crate::metrics::{
-    Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
+    Features, Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
 use crate::score::{matrix, score, MetricName, MetricParams, ScoreOptions};
 
@@ -109,6 +109,37 @@ pub struct ScoreArgs {
     /// List the K most out-of-domain source images (MMD witness, k-NN distance, style distance).
     #[arg(long)]
     pub top: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// Image folder (searched recursively, in the order `score` reads it).
+    pub dir: PathBuf,
+    /// Where the N×d features go: an .npy of the model's dtype (float32), rows in folder order.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Also write the path of each row, one per line, to this file.
+    #[arg(long)]
+    pub paths: Option<PathBuf>,
+    /// Extractor: a manifest path or a registered id (default: inception-v3-fid, else its
+    /// untrained test twin).
+    #[arg(long, short = 'x')]
+    pub extractor: Option<String>,
+    /// Images per forward pass: auto (measured best on CPU, 64 on GPUs) or a number.
+    #[arg(long, default_value = "auto")]
+    pub batch_size: BatchSize,
+    /// Devices, one model replica each (as for `score`).
+    #[arg(long, alias = "device", default_value = "cpu")]
+    pub devices: Devices,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Directory of extractor manifests.
+    #[arg(long, env = "GAPMETER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,4 +253,52 @@ pub fn run_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         || report.to_table(),
         &report.warnings,
     )
+}
+
+/// `gapmeter extract`: a folder's features to an `.npy` (the file `gapmeter score` accepts).
+pub fn run_extract(args: ExtractArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use ndarray_npy::WriteNpyExt;
+
+    let models_dir = args.models_dir.clone().unwrap_or_else(default_models_dir);
+    let opts = ScoreOptions {
+        extractor: args.extractor.clone(),
+        metrics: None,
+        params: MetricParams::default(),
+        batch_size: args.batch_size,
+        devices: args.devices.clone(),
+        strict: args.strict,
+        registry: Registry::new(models_dir),
+        progress: !args.no_progress,
+        bootstrap: None,
+        infinity_points: None,
+        top: None,
+        interrupt: None,
+    };
+    let set = crate::score::extract(&args.dir, &opts)?;
+    let file = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let out = std::io::BufWriter::new(file);
+    match &set.features {
+        Features::F32(a) => a.write_npy(out),
+        Features::F64(a) => a.write_npy(out),
+    }
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    if let Some(p) = &args.paths {
+        let mut text = set.paths.join("\n");
+        text.push('\n');
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    for s in &set.skipped {
+        eprintln!("warning: skipped {}: {}", s.path, s.reason);
+    }
+    eprintln!(
+        "{} images -> {} ({} x {}), {} skipped",
+        set.paths.len(),
+        args.output.display(),
+        set.features.nrows(),
+        set.features.ncols(),
+        set.skipped.len()
+    );
+    Ok(())
 }

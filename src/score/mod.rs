@@ -368,6 +368,22 @@ fn load_sets(
     Ok((extractor, sets))
 }
 
+/// Extracts the content features of the images under `dir` exactly as `gapmeter score` does
+/// (same extractor resolution, engine, folder order and skipped files), for `gapmeter extract`.
+pub fn extract(dir: &std::path::Path, opts: &ScoreOptions) -> anyhow::Result<ExtractedSet> {
+    let engine = load_extractor(opts)?;
+    let devices = opts.devices.resolve()?;
+    let extract = ExtractOptions {
+        batch_size: opts.batch_size.resolve(&devices),
+        run: None,
+        strict: opts.strict,
+        progress: opts.progress,
+        logits: false,
+        style: false,
+    };
+    extract_folder(dir, &engine, &extract)
+}
+
 fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Engine> {
     let devices = opts.devices.resolve()?;
     let manifest = resolve_extractor(opts.extractor.as_deref(), &opts.registry, Naming::IdOrPath)?;

@@ -68,7 +68,8 @@ fn fatal(e: impl Into<anyhow::Error>) -> JobError {
 /// One image's outputs.
 #[derive(Debug, Clone, Default)]
 struct Rows {
-    feature: Vec<f64>,
+    /// Float32, as the model computed it: the service holds what `gapmeter score` holds.
+    feature: Vec<f32>,
     logits: Option<Vec<f64>>,
     style: Option<Vec<f64>>,
 }
@@ -454,7 +455,8 @@ fn gather(
             out.insert(
                 h,
                 Rows {
-                    feature,
+                    // Cached as float32: the conversion back is exact.
+                    feature: feature.into_iter().map(|v| v as f32).collect(),
                     logits: logits.remove(&h),
                     style: styles.remove(&h),
                 },
@@ -542,7 +544,7 @@ fn batch_rows(
     want_logits: bool,
     want_style: bool,
 ) -> Result<Vec<Rows>, JobError> {
-    let features = out.rows(feature_tap).map_err(retry)?;
+    let features = out.rows_f32(feature_tap).map_err(retry)?;
     let logits = if want_logits {
         Some(out.rows(LOGITS_OUTPUT).map_err(retry)?)
     } else {
@@ -578,19 +580,35 @@ fn store_batch(
     rows: &[Rows],
 ) -> Result<(), JobError> {
     let scope = ctx.scope();
-    let put = |tap: &str, dtype: Dtype, pick: &dyn Fn(&Rows) -> Option<&[f64]>| {
+    let put = |tap: &str, dtype: Dtype, values: Vec<Option<&[f64]>>| {
         let batch: Vec<([u8; 32], &[f64])> = hashes
             .iter()
-            .zip(rows)
-            .filter_map(|(h, r)| pick(r).map(|v| (*h, v)))
+            .zip(values)
+            .filter_map(|(h, v)| v.map(|v| (*h, v)))
             .collect();
         ctx.runtime
             .block_on(store::store_rows(&ctx.pool, scope, key, tap, dtype, &batch))
             .map_err(retry)
     };
-    put(feature_tap, Dtype::F32, &|r| Some(r.feature.as_slice()))?;
-    put(LOGITS_OUTPUT, Dtype::F32, &|r| r.logits.as_deref())?;
-    put(STYLE_TAP, Dtype::F64, &|r| r.style.as_deref())?;
+    let features: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| r.feature.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    put(
+        feature_tap,
+        Dtype::F32,
+        features.iter().map(|f| Some(f.as_slice())).collect(),
+    )?;
+    put(
+        LOGITS_OUTPUT,
+        Dtype::F32,
+        rows.iter().map(|r| r.logits.as_deref()).collect(),
+    )?;
+    put(
+        STYLE_TAP,
+        Dtype::F64,
+        rows.iter().map(|r| r.style.as_deref()).collect(),
+    )?;
     Ok(())
 }
 
