@@ -566,3 +566,45 @@ fn gap_matrix_is_symmetric_with_a_zero_diagonal() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not symmetric"), "{}", stderr(&out));
 }
+
+#[test]
+fn extract_writes_the_features_score_uses() {
+    // `gapmeter extract` runs the engine `score` runs: scoring the two .npy files it writes gives
+    // the very numbers scoring the folders gives, and the rows follow folder order.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    let paths = dir.path().join("a.txt");
+    for (set, out, extra) in [
+        ("examples/A", &a, vec!["--paths", paths.to_str().unwrap()]),
+        ("examples/B", &b, vec![]),
+    ] {
+        let mut args = vec!["extract", set, "-o", out.to_str().unwrap(), "--no-progress"];
+        args.extend(extra);
+        let out = gapmeter(&args);
+        assert!(out.status.success(), "extract failed: {}", stderr(&out));
+    }
+    let listed = std::fs::read_to_string(&paths).unwrap();
+    let listed: Vec<&str> = listed.lines().collect();
+    assert_eq!(listed.len(), 24);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "rows follow folder order");
+    assert!(listed[0].starts_with("examples/A/"), "{}", listed[0]);
+
+    let from_folders = gapmeter_json(&[
+        "score", "examples/A", "examples/B", "--metrics", "fid,kid", "--format", "json",
+        "--no-progress",
+    ]);
+    let from_npy = gapmeter_json(&[
+        "score",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--metrics",
+        "fid,kid",
+        "--format",
+        "json",
+    ]);
+    for key in ["metrics.fid.value", "metrics.kid.mean", "metrics.kid.std"] {
+        assert_eq!(value(&from_folders, key), value(&from_npy, key), "{key}");
+    }
+}
