@@ -170,6 +170,7 @@ fn rows_come_back_in_folder_order_with_bad_files_reported_in_place() {
     files.sort();
     let mut expected_paths = Vec::new();
     let mut max_diff = 0.0f64;
+    let got_rows = got.features.to_f64();
     for f in &files {
         let Ok(p) = load_one(&std::fs::read(f).unwrap(), h, w, manifest.resize) else {
             continue;
@@ -181,7 +182,7 @@ fn rows_come_back_in_folder_order_with_bad_files_reported_in_place() {
             .unwrap();
         let k = expected_paths.len();
         expected_paths.push(f.display().to_string());
-        for (a, b) in row.row(0).iter().zip(got.features.row(k)) {
+        for (a, b) in row.row(0).iter().zip(got_rows.row(k)) {
             max_diff = max_diff.max((a - b).abs());
         }
     }
