@@ -201,7 +201,14 @@ pub fn kid_with<'a, 'b>(
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let std = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    // When every subset is both whole sets, the subsets differ only in row order: the values
+    // are one statistic, and their spread is rounding noise (~1e-16), which was seen to differ
+    // between two processes computing the same KID. It is 0.
+    let std = if m == ns && m == nt {
+        0.0
+    } else {
+        (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt()
+    };
     // Variance of the average of `subsets` draws around the full-sample statistic.
     let monte_carlo = if params.subsets > 1 {
         std * std / (n - 1.0)
