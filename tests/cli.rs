@@ -592,7 +592,13 @@ fn extract_writes_the_features_score_uses() {
     assert!(listed[0].starts_with("examples/A/"), "{}", listed[0]);
 
     let from_folders = gapmeter_json(&[
-        "score", "examples/A", "examples/B", "--metrics", "fid,kid", "--format", "json",
+        "score",
+        "examples/A",
+        "examples/B",
+        "--metrics",
+        "fid,kid",
+        "--format",
+        "json",
         "--no-progress",
     ]);
     let from_npy = gapmeter_json(&[

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 
 use crate::features::{default_models_dir, BatchSize, Devices, Registry};
 use crate::metrics::{
-    Features, Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
+    Bandwidth, BootstrapParams, Estimator, Features, IsParams, KidParams, MmdParams, PrdcParams,
 };
 use crate::score::{matrix, score, MetricName, MetricParams, ScoreOptions};
 
