@@ -74,6 +74,8 @@ fn binary() -> PathBuf {
 
 /// Runs the child to completion and returns (wall seconds, peak RSS in bytes, exit status, the
 /// tail of its output).
+// The child is reaped by wait4, which std's Child cannot do and which also yields its rusage.
+#[allow(clippy::zombie_processes)]
 fn run_measured(bin: &Path, args: &[&str]) -> (f64, u64, i32, String) {
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let start = Instant::now();
