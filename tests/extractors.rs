@@ -313,8 +313,9 @@ fn exported_untrained_inception_loads_and_reproduces_clean_fid_and_pytorch_fid()
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         parity["model"]["weights_sha256"].as_str().unwrap(),
-        "the exported weights differ from those the reference FIDs were computed with: \
-         rerun scripts/reference/make_extractor_fixtures.py"
+        "the exported weights differ from those the reference FIDs were computed with; the \
+         seeded weights depend on the CPU's vector instruction set (AVX2 vs AVX-512): rerun \
+         scripts/reference/make_extractor_fixtures.py on this kind of machine"
     );
 
     let (a, b) = (fixtures.join("a"), fixtures.join("b"));
