@@ -17,23 +17,14 @@ pub enum Format {
 /// Options shared by `score` and `matrix`.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// Extractor: a manifest path or a registered id (default: inception-v3-fid, else its
-    /// untrained test twin).
-    #[arg(long, short = 'x')]
-    pub extractor: Option<String>,
+    #[command(flatten)]
+    pub extraction: ExtractionArgs,
     /// Metrics, comma-separated [default: fid,kid].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub metrics: Option<Vec<MetricName>>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// Images per forward pass: auto (measured best on CPU, 64 on GPUs) or a number.
-    #[arg(long, default_value = "auto")]
-    pub batch_size: BatchSize,
-    /// Devices, one model replica each: cpu, cuda, cuda:N, a comma-separated list (cpu,cpu or
-    /// cuda:0,cuda:1) or all (every GPU, else the CPU). --device is the same flag.
-    #[arg(long, alias = "device", default_value = "cpu")]
-    pub devices: Devices,
     /// Seed of every random draw (KID subsets, IS shuffle, bootstrap, N → ∞ subsets, median
     /// heuristic), in numpy's RandomState stream; torch-fidelity's default is 2020.
     #[arg(long, default_value_t = 2020)]
@@ -71,6 +62,23 @@ pub struct CommonArgs {
     /// Density/coverage: k nearest neighbours.
     #[arg(long, default_value_t = 5)]
     pub dc_k: usize,
+}
+
+/// Which model runs where, and how unreadable images are treated: shared by `score`, `matrix`
+/// and `extract`.
+#[derive(Debug, Args)]
+pub struct ExtractionArgs {
+    /// Extractor: a manifest path or a registered id (default: inception-v3-fid, else its
+    /// untrained test twin).
+    #[arg(long, short = 'x')]
+    pub extractor: Option<String>,
+    /// Images per forward pass: auto (measured best on CPU, 64 on GPUs) or a number.
+    #[arg(long, default_value = "auto")]
+    pub batch_size: BatchSize,
+    /// Devices, one model replica each: cpu, cuda, cuda:N, a comma-separated list (cpu,cpu or
+    /// cuda:0,cuda:1) or all (every GPU, else the CPU). --device is the same flag.
+    #[arg(long, alias = "device", default_value = "cpu")]
+    pub devices: Devices,
     /// Fail on the first unreadable image instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -80,6 +88,27 @@ pub struct CommonArgs {
     /// No progress bar on stderr.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+impl ExtractionArgs {
+    /// Score options with these extraction settings and default metric parameters.
+    fn options(&self) -> ScoreOptions {
+        let models_dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
+        ScoreOptions {
+            extractor: self.extractor.clone(),
+            metrics: None,
+            params: MetricParams::default(),
+            batch_size: self.batch_size,
+            devices: self.devices.clone(),
+            strict: self.strict,
+            registry: Registry::new(models_dir),
+            progress: !self.no_progress,
+            bootstrap: None,
+            infinity_points: None,
+            top: None,
+            interrupt: None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -121,25 +150,8 @@ pub struct ExtractArgs {
     /// Also write the path of each row, one per line, to this file.
     #[arg(long)]
     pub paths: Option<PathBuf>,
-    /// Extractor: a manifest path or a registered id (default: inception-v3-fid, else its
-    /// untrained test twin).
-    #[arg(long, short = 'x')]
-    pub extractor: Option<String>,
-    /// Images per forward pass: auto (measured best on CPU, 64 on GPUs) or a number.
-    #[arg(long, default_value = "auto")]
-    pub batch_size: BatchSize,
-    /// Devices, one model replica each (as for `score`).
-    #[arg(long, alias = "device", default_value = "cpu")]
-    pub devices: Devices,
-    /// Stop at the first unreadable image instead of skipping it.
-    #[arg(long)]
-    pub strict: bool,
-    /// Directory of extractor manifests.
-    #[arg(long, env = "GAPMETER_MODELS_DIR")]
-    pub models_dir: Option<PathBuf>,
-    /// No progress bar on stderr.
-    #[arg(long)]
-    pub no_progress: bool,
+    #[command(flatten)]
+    pub extraction: ExtractionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -160,9 +172,7 @@ pub struct MatrixArgs {
 
 impl CommonArgs {
     fn options(&self) -> ScoreOptions {
-        let models_dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
         ScoreOptions {
-            extractor: self.extractor.clone(),
             metrics: self.metrics.clone(),
             params: MetricParams {
                 kid: KidParams {
@@ -190,15 +200,7 @@ impl CommonArgs {
                     k_dc: self.dc_k,
                 },
             },
-            batch_size: self.batch_size,
-            devices: self.devices.clone(),
-            strict: self.strict,
-            registry: Registry::new(models_dir),
-            progress: !self.no_progress,
-            bootstrap: None,
-            infinity_points: None,
-            top: None,
-            interrupt: None,
+            ..self.extraction.options()
         }
     }
 }
@@ -260,21 +262,7 @@ pub fn run_extract(args: ExtractArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use ndarray_npy::WriteNpyExt;
 
-    let models_dir = args.models_dir.clone().unwrap_or_else(default_models_dir);
-    let opts = ScoreOptions {
-        extractor: args.extractor.clone(),
-        metrics: None,
-        params: MetricParams::default(),
-        batch_size: args.batch_size,
-        devices: args.devices.clone(),
-        strict: args.strict,
-        registry: Registry::new(models_dir),
-        progress: !args.no_progress,
-        bootstrap: None,
-        infinity_points: None,
-        top: None,
-        interrupt: None,
-    };
+    let opts = args.extraction.options();
     let set = crate::score::extract(&args.dir, &opts)?;
     let file = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
