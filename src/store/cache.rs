@@ -53,40 +53,83 @@ impl Dtype {
     }
 }
 
+/// A cached row's element type in memory: the worker keeps model outputs as float32 and values
+/// computed from them as float64; the cache converts only where the stored dtype differs.
+pub trait RowElement: Copy {
+    fn from_f32(v: f32) -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
+}
+
+impl RowElement for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl RowElement for f64 {
+    fn from_f32(v: f32) -> Self {
+        f64::from(v)
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
 /// Encodes a row as little-endian bytes of `dtype`.
-fn encode(row: &[f64], dtype: Dtype) -> Vec<u8> {
+fn encode<T: RowElement>(row: &[T], dtype: Dtype) -> Vec<u8> {
     let mut out = Vec::with_capacity(row.len() * dtype.width());
     for &v in row {
         match dtype {
-            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
-            Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
+            Dtype::F32 => out.extend_from_slice(&v.to_f32().to_le_bytes()),
+            Dtype::F64 => out.extend_from_slice(&v.to_f64().to_le_bytes()),
         }
     }
     out
 }
 
-fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f64> {
+fn decode<T: RowElement>(bytes: &[u8], dtype: Dtype) -> Vec<T> {
     match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| T::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
         Dtype::F64 => bytes
             .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .map(|c| {
+                T::from_f64(f64::from_le_bytes([
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                ]))
+            })
             .collect(),
     }
 }
 
 /// Cached rows of `tap` for those of `hashes` that have one.
-pub async fn cached_rows(
+pub async fn cached_rows<T: RowElement>(
     pool: &PgPool,
     scope: CacheScope,
     extractor: &str,
     tap: &str,
     dtype: Dtype,
     hashes: &[[u8; 32]],
-) -> sqlx::Result<HashMap<[u8; 32], Vec<f64>>> {
+) -> sqlx::Result<HashMap<[u8; 32], Vec<T>>> {
     let keys: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
     let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT image_hash, data FROM feature_cache
@@ -108,13 +151,13 @@ pub async fn cached_rows(
 }
 
 /// Stores rows of `tap` (a concurrent writer of the same row wins; both computed the same).
-pub async fn store_rows(
+pub async fn store_rows<T: RowElement>(
     pool: &PgPool,
     scope: CacheScope,
     extractor: &str,
     tap: &str,
     dtype: Dtype,
-    rows: &[([u8; 32], &[f64])],
+    rows: &[([u8; 32], &[T])],
 ) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -386,8 +429,17 @@ mod tests {
     #[test]
     fn rows_round_trip_exactly_in_their_dtype() {
         let row = [1.5f32 as f64, -0.1f32 as f64, 3.0e-8f32 as f64];
-        assert_eq!(decode(&encode(&row, Dtype::F32), Dtype::F32), row);
+        assert_eq!(decode::<f64>(&encode(&row, Dtype::F32), Dtype::F32), row);
+        // Model outputs kept as float32 in memory store and load without any widening.
+        let narrow = [1.5f32, -0.1, 3.0e-8];
+        assert_eq!(
+            decode::<f32>(&encode(&narrow, Dtype::F32), Dtype::F32),
+            narrow
+        );
         let precise = [0.1, std::f64::consts::PI, -1e-300];
-        assert_eq!(decode(&encode(&precise, Dtype::F64), Dtype::F64), precise);
+        assert_eq!(
+            decode::<f64>(&encode(&precise, Dtype::F64), Dtype::F64),
+            precise
+        );
     }
 }

@@ -418,12 +418,24 @@ fn gather(
     let all = plan::distinct_images(snaps);
     let key = manifest.cache_key();
     let scope = ctx.scope();
+    let mut features: HashMap<[u8; 32], Vec<f32>> = ctx
+        .runtime
+        .block_on(store::cached_rows(
+            &ctx.pool,
+            scope,
+            &key,
+            manifest.feature_output(),
+            Dtype::F32,
+            &all,
+        ))
+        .map_err(retry)?;
     let lookup = |tap: &str, dtype: Dtype| {
         ctx.runtime
-            .block_on(store::cached_rows(&ctx.pool, scope, &key, tap, dtype, &all))
+            .block_on(store::cached_rows::<f64>(
+                &ctx.pool, scope, &key, tap, dtype, &all,
+            ))
             .map_err(retry)
     };
-    let mut features = lookup(manifest.feature_output(), Dtype::F32)?;
     let mut logits = if want_logits {
         lookup(LOGITS_OUTPUT, Dtype::F32)?
     } else {
@@ -455,8 +467,7 @@ fn gather(
             out.insert(
                 h,
                 Rows {
-                    // Cached as float32: the conversion back is exact.
-                    feature: feature.into_iter().map(|v| v as f32).collect(),
+                    feature,
                     logits: logits.remove(&h),
                     style: styles.remove(&h),
                 },
@@ -590,15 +601,21 @@ fn store_batch(
             .block_on(store::store_rows(&ctx.pool, scope, key, tap, dtype, &batch))
             .map_err(retry)
     };
-    let features: Vec<Vec<f64>> = rows
+    let features: Vec<([u8; 32], &[f32])> = hashes
         .iter()
-        .map(|r| r.feature.iter().map(|&v| f64::from(v)).collect())
+        .zip(rows)
+        .map(|(h, r)| (*h, r.feature.as_slice()))
         .collect();
-    put(
-        feature_tap,
-        Dtype::F32,
-        features.iter().map(|f| Some(f.as_slice())).collect(),
-    )?;
+    ctx.runtime
+        .block_on(store::store_rows(
+            &ctx.pool,
+            scope,
+            key,
+            feature_tap,
+            Dtype::F32,
+            &features,
+        ))
+        .map_err(retry)?;
     put(
         LOGITS_OUTPUT,
         Dtype::F32,
