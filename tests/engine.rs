@@ -3,7 +3,8 @@
 mod common;
 
 use gapmeter::features::{
-    DeviceSpec, Engine, Extractor, Injection, PrepareError, Registry, RunOptions, RunReport,
+    DeviceSpec, Engine, Extractor, Injection, Precision, PrepareError, Registry, RunOptions,
+    RunReport,
 };
 use gapmeter::imaging::Prepared;
 use gapmeter::score::{extract_folder, load_one, ExtractOptions};
@@ -218,4 +219,44 @@ fn a_fatal_prepare_error_stops_the_run() {
         .unwrap_err();
     assert!(err.to_string().contains("blob store down"), "{err:#}");
     assert!(consumed <= 4, "chunks after the failure were consumed");
+}
+
+/// bfloat16 runs on the CPU too, so the reduced-precision path (conversion of weights and
+/// inputs, float32 outputs, the float32 reference on the first batch) is exercised here.
+#[test]
+fn a_reduced_precision_measures_its_deviation_on_the_first_batch() {
+    let manifest = Registry::new(models_dir()).get("tiny-cnn").unwrap();
+    let full = Engine::load(manifest.clone(), &[DeviceSpec::Cpu]).unwrap();
+    let bf16 = Engine::load_in(manifest, &[DeviceSpec::Cpu], Precision::Bf16).unwrap();
+    assert_eq!(bf16.precision(), Precision::Bf16);
+    let images = prepared(&full, 12);
+    let opts = RunOptions::new(4);
+    let (want, full_report) = features(&full, &images, &opts);
+    assert!(full_report.precision_sample.is_none());
+    let (got, report) = features(&bf16, &images, &opts);
+    let sample = report
+        .precision_sample
+        .expect("the first batch is measured");
+    assert_eq!(sample.precision, Precision::Bf16);
+    assert_eq!(sample.reference.nrows(), 4);
+    // The reference rows are the float32 features of the first batch, exactly.
+    for (r, w) in sample.reference.rows().into_iter().zip(&want) {
+        assert_eq!(r.to_vec(), *w);
+    }
+    for (r, g) in sample.reduced.rows().into_iter().zip(&got) {
+        assert_eq!(r.to_vec(), *g);
+    }
+    // bfloat16 keeps 8 bits of mantissa: close to float32, but not equal.
+    let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff > 0.0, "bf16 gave the float32 features bit for bit");
+    assert!(
+        diff < 0.1 * scale,
+        "bf16 deviates by {diff} (scale {scale})"
+    );
+    let warning = gapmeter::score::precision_warning(&sample);
+    assert!(
+        warning.contains("bf16") && warning.contains("FID between float32 and bf16"),
+        "{warning}"
+    );
 }

@@ -188,6 +188,8 @@ fn a_matrix_flags_gaps_it_cannot_order() {
         params: MetricParams::default(),
         batch_size: BatchSize::Fixed(8),
         devices: DeviceSpec::Cpu.into(),
+        metrics_device: None,
+        precision: Default::default(),
         strict: true,
         registry: Registry::new(dir.path().to_path_buf()),
         progress: false,

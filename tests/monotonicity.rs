@@ -87,6 +87,8 @@ fn options() -> ScoreOptions {
         params: MetricParams::default(),
         batch_size: BatchSize::Fixed(16),
         devices: DeviceSpec::Cpu.into(),
+        metrics_device: None,
+        precision: Default::default(),
         strict: true,
         registry: Registry::new(common::models_dir()),
         progress: false,

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::features::{default_models_dir, BatchSize, Devices, Registry};
+use crate::features::{default_models_dir, BatchSize, DeviceSpec, Devices, Precision, Registry};
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, Features, IsParams, KidParams, MmdParams, PrdcParams,
 };
@@ -25,6 +25,10 @@ pub struct CommonArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Device the metrics compute on, in float64 either way: cpu or cuda:N [default: the first
+    /// GPU among --devices, else the CPU].
+    #[arg(long)]
+    pub metrics_device: Option<DeviceSpec>,
     /// Seed of every random draw (KID subsets, IS shuffle, bootstrap, N → ∞ subsets, median
     /// heuristic), in numpy's RandomState stream; torch-fidelity's default is 2020.
     #[arg(long, default_value_t = 2020)]
@@ -79,6 +83,10 @@ pub struct ExtractionArgs {
     /// cuda:0,cuda:1) or all (every GPU, else the CPU). --device is the same flag.
     #[arg(long, alias = "device", default_value = "cpu")]
     pub devices: Devices,
+    /// The models' floating-point type: fp32 (as the reference tools), or opt-in fp16 / bf16
+    /// (GPUs); a reduced precision's deviation, measured on the first batch, is in the warnings.
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
     /// Fail on the first unreadable image instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -100,6 +108,8 @@ impl ExtractionArgs {
             params: MetricParams::default(),
             batch_size: self.batch_size,
             devices: self.devices.clone(),
+            metrics_device: None,
+            precision: self.precision,
             strict: self.strict,
             registry: Registry::new(models_dir),
             progress: !self.no_progress,
@@ -200,6 +210,7 @@ impl CommonArgs {
                     k_dc: self.dc_k,
                 },
             },
+            metrics_device: self.metrics_device,
             ..self.extraction.options()
         }
     }
@@ -279,6 +290,9 @@ pub fn run_extract(args: ExtractArgs) -> anyhow::Result<()> {
     }
     for s in &set.skipped {
         eprintln!("warning: skipped {}: {}", s.path, s.reason);
+    }
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
     }
     eprintln!(
         "{} images -> {} ({} x {}), {} skipped",

@@ -21,10 +21,11 @@ use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context};
+use ndarray::Array2;
 use rayon::prelude::*;
 
 use super::extractor::concat_batches;
-use super::{DeviceSpec, ExtractedBatch, Extractor, Manifest};
+use super::{DeviceSpec, ExtractedBatch, Extractor, Manifest, Precision};
 use crate::imaging::Prepared;
 
 /// Batch size `auto` picks for CPU replicas: the fastest of 4, 8, 16 and 32 with the seeded FID
@@ -145,6 +146,19 @@ pub struct RunReport {
     pub oom_splits: usize,
     /// Replicas taken out of service during the run, with their error.
     pub failed_replicas: Vec<(DeviceSpec, String)>,
+    /// With a reduced [`Precision`]: the first batch run also in float32, to measure what the
+    /// precision changed (`None` at float32, or when no batch ran).
+    pub precision_sample: Option<PrecisionSample>,
+}
+
+/// One batch's content features at the engine's reduced precision and in float32.
+#[derive(Debug, Clone)]
+pub struct PrecisionSample {
+    pub precision: Precision,
+    /// Rows of the float32 reference model.
+    pub reference: Array2<f32>,
+    /// The same images' rows at `precision`.
+    pub reduced: Array2<f32>,
 }
 
 struct Replica {
@@ -186,12 +200,26 @@ pub struct Engine {
     manifest: Manifest,
     replicas: Vec<Replica>,
     feature_dim: usize,
+    precision: Precision,
+    /// A float32 model on the first device, when the replicas run at a reduced precision: it
+    /// runs each run's first batch again, so the deviation is measured, not assumed.
+    reference: Option<Mutex<Extractor>>,
 }
 
 impl Engine {
     /// Loads one replica of `manifest` on each of `devices` (checked first: an unavailable
     /// device fails here, before anything runs).
     pub fn load(manifest: Manifest, devices: &[DeviceSpec]) -> anyhow::Result<Self> {
+        Self::load_in(manifest, devices, Precision::Fp32)
+    }
+
+    /// [`Self::load`] with the replicas at `precision` (and, below float32, a float32 reference
+    /// model on the first device for [`RunReport::precision_sample`]).
+    pub fn load_in(
+        manifest: Manifest,
+        devices: &[DeviceSpec],
+        precision: Precision,
+    ) -> anyhow::Result<Self> {
         if devices.is_empty() {
             bail!("no device to load extractor {} on", manifest.id);
         }
@@ -200,7 +228,7 @@ impl Engine {
         }
         let mut replicas = Vec::with_capacity(devices.len());
         for &device in devices {
-            let model = Extractor::load(manifest.clone(), device)
+            let model = Extractor::load_in(manifest.clone(), device, precision)
                 .with_context(|| format!("loading extractor {} on {device}", manifest.id))?;
             replicas.push(Replica {
                 device,
@@ -208,10 +236,19 @@ impl Engine {
             });
         }
         let feature_dim = lock(&replicas[0].model)?.feature_dim();
+        let reference = match precision {
+            Precision::Fp32 => None,
+            _ => Some(Mutex::new(
+                Extractor::load(manifest.clone(), devices[0])
+                    .with_context(|| format!("loading the float32 reference of {}", manifest.id))?,
+            )),
+        };
         Ok(Self {
             manifest,
             replicas,
             feature_dim,
+            precision,
+            reference,
         })
     }
 
@@ -222,6 +259,10 @@ impl Engine {
     /// Dimension of the content feature vector.
     pub fn feature_dim(&self) -> usize {
         self.feature_dim
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The replicas' devices, by replica index.
@@ -253,6 +294,7 @@ impl Engine {
                 produced_all: false,
                 stop: false,
                 alive: self.replicas.len(),
+                precision_claimed: false,
                 report: RunReport {
                     batches_per_replica: vec![0; self.replicas.len()],
                     ..RunReport::default()
@@ -309,6 +351,21 @@ impl Engine {
             first = false;
             let Ok(mut st) = shared.lock() else { return };
             st.report.oom_splits += splits;
+            let sample = result.is_ok() && self.reference.is_some() && !st.precision_claimed;
+            st.precision_claimed |= sample;
+            if let (true, Ok(outputs)) = (sample, &result) {
+                drop(st);
+                let measured = self.precision_sample(&job.prepared, outputs);
+                let Ok(relocked) = shared.lock() else { return };
+                st = relocked;
+                match measured {
+                    Ok(s) => st.report.precision_sample = Some(s),
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "could not measure the reduced precision's deviation"
+                    ),
+                }
+            }
             match result {
                 Ok(outputs) => {
                     st.running -= 1;
@@ -343,6 +400,27 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+impl Engine {
+    /// Runs `batch` on the float32 reference and pairs its content features with `reduced`'s.
+    fn precision_sample(
+        &self,
+        batch: &[Prepared],
+        reduced: &ExtractedBatch,
+    ) -> anyhow::Result<PrecisionSample> {
+        let reference = self
+            .reference
+            .as_ref()
+            .context("no float32 reference model")?;
+        let output = self.manifest.feature_output();
+        let reference = lock(reference)?.run(batch)?.rows_f32(output)?;
+        Ok(PrecisionSample {
+            precision: self.precision,
+            reference,
+            reduced: reduced.rows_f32(output)?,
+        })
     }
 }
 
@@ -403,6 +481,8 @@ struct State {
     stop: bool,
     /// Replicas still in service.
     alive: usize,
+    /// A replica has taken on measuring the reduced precision (once a run).
+    precision_claimed: bool,
     report: RunReport,
 }
 

@@ -6,11 +6,56 @@ use super::{DeviceSpec, InputRange, Manifest};
 use crate::imaging::Prepared;
 use crate::util::torch_err;
 
+/// The floating-point type a model runs in. float32 is the default and the only one that matches
+/// the references; float16 and bfloat16 are opt-in for speed on GPUs, their inputs normalised in
+/// float32 first and their outputs widened back to float32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    fn kind(self) -> Kind {
+        match self {
+            Precision::Fp32 => Kind::Float,
+            Precision::Fp16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "fp16" | "float16" => Ok(Precision::Fp16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => bail!("unknown precision {other:?}: expected fp32, fp16 or bf16"),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 /// A model loaded once on one device, its outputs checked against the manifest.
 pub struct Extractor {
     manifest: Manifest,
     module: CModule,
     device: Device,
+    precision: Precision,
     /// Per output, its shape without the batch dimension, as seen on the warm-up batch.
     shapes: Vec<Vec<i64>>,
 }
@@ -59,8 +104,17 @@ impl ExtractedBatch {
 impl Extractor {
     /// Loads the model named by `manifest` on `device`: checks the sha256, runs a warm-up batch and
     /// checks that the outputs are what the manifest says.
-    #[tracing::instrument(skip_all, fields(id = %manifest.id, device = %device))]
     pub fn load(manifest: Manifest, device: DeviceSpec) -> anyhow::Result<Self> {
+        Self::load_in(manifest, device, Precision::Fp32)
+    }
+
+    /// [`Self::load`] with the weights converted to `precision`.
+    #[tracing::instrument(skip_all, fields(id = %manifest.id, device = %device, precision = %precision))]
+    pub fn load_in(
+        manifest: Manifest,
+        device: DeviceSpec,
+        precision: Precision,
+    ) -> anyhow::Result<Self> {
         let bytes = manifest.verified_model_bytes()?;
         let dev = device.to_device()?;
         let path = manifest.model_path();
@@ -68,10 +122,23 @@ impl Extractor {
             .map_err(torch_err)
             .with_context(|| format!("{}: not a loadable TorchScript module", path.display()))?;
         module.set_eval();
+        if precision != Precision::Fp32 {
+            // tch's `CModule::to` panics on a libtorch error instead of returning it.
+            let converted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                module.to(dev, precision.kind(), false)
+            }));
+            if converted.is_err() {
+                bail!(
+                    "{}: libtorch could not convert the model to {precision}",
+                    path.display()
+                );
+            }
+        }
         let mut extractor = Self {
             manifest,
             module,
             device: dev,
+            precision,
             shapes: Vec::new(),
         };
         extractor.shapes = extractor.warm_up()?;
@@ -125,6 +192,10 @@ impl Extractor {
     }
 
     fn forward(&self, input: Tensor) -> anyhow::Result<Vec<Tensor>> {
+        let input = match self.precision {
+            Precision::Fp32 => input,
+            p => input.f_to_kind(p.kind())?,
+        };
         let out =
             tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(torch_err)?;
         let tensors = match out {
@@ -139,11 +210,22 @@ impl Extractor {
             IValue::TensorList(ts) => ts,
             other => bail!("the model returned neither a tensor nor a tuple of tensors: {other:?}"),
         };
-        Ok(tensors)
+        // Reduced-precision outputs leave as float32, like the default path's.
+        tensors
+            .into_iter()
+            .map(|t| match t.kind() {
+                Kind::Half | Kind::BFloat16 => Ok(t.f_to_kind(Kind::Float)?),
+                _ => Ok(t),
+            })
+            .collect()
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Names and per-image shapes of the outputs.

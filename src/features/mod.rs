@@ -9,9 +9,9 @@ mod registry;
 
 pub use device::{DeviceSpec, Devices};
 pub use engine::{
-    BatchSize, Chunk, Engine, Injection, PrepareError, RunOptions, RunReport, AUTO_BATCH_CPU,
-    AUTO_BATCH_CUDA,
+    BatchSize, Chunk, Engine, Injection, PrecisionSample, PrepareError, RunOptions, RunReport,
+    AUTO_BATCH_CPU, AUTO_BATCH_CUDA,
 };
-pub use extractor::{ExtractedBatch, Extractor};
+pub use extractor::{ExtractedBatch, Extractor, Precision};
 pub use manifest::{InputRange, InputSize, Manifest, ManifestError};
 pub use registry::{default_models_dir, resolve_extractor, Naming, Registry, DEFAULT_EXTRACTORS};

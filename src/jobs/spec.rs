@@ -4,7 +4,9 @@
 //! [`IngestSpec`] of a dataset created from a URI.
 use serde::{Deserialize, Serialize};
 
-use crate::features::{resolve_extractor, BatchSize, Devices, Manifest, Naming, Registry};
+use crate::features::{
+    resolve_extractor, BatchSize, Devices, Manifest, Naming, Precision, Registry,
+};
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
@@ -360,6 +362,8 @@ impl JobSpec {
             },
             batch_size,
             devices,
+            metrics_device: None,
+            precision: Precision::Fp32,
             strict: false,
             registry,
             progress: false,

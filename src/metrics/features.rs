@@ -7,6 +7,8 @@
 use ndarray::{s, Array2, ArrayView2, Axis, ShapeError};
 use tch::{Kind, Tensor};
 
+use super::device;
+
 /// A feature matrix: one row per image, one column per feature dimension, stored as float32 or
 /// float64.
 ///
@@ -185,12 +187,12 @@ impl<'a> FeatureView<'a> {
         match self {
             FeatureView::F64(a) => {
                 let standard = a.as_standard_layout();
-                Tensor::from_slice(standard.as_slice().unwrap_or(&[])).view(shape)
+                device::here(Tensor::from_slice(standard.as_slice().unwrap_or(&[])).view(shape))
             }
+            // Copied to the device as float32, half the bytes, and widened there (exactly).
             FeatureView::F32(a) => {
                 let standard = a.as_standard_layout();
-                Tensor::from_slice(standard.as_slice().unwrap_or(&[]))
-                    .view(shape)
+                device::here(Tensor::from_slice(standard.as_slice().unwrap_or(&[])).view(shape))
                     .to_kind(Kind::Double)
             }
         }
@@ -213,7 +215,7 @@ impl<'a> FeatureView<'a> {
                 }
             }
         }
-        Tensor::from_slice(&out).view([rows.len() as i64, d as i64])
+        device::here(Tensor::from_slice(&out).view([rows.len() as i64, d as i64]))
     }
 
     /// Consecutive row blocks of at most `rows_per_block` rows, as (first row, length).

@@ -172,7 +172,7 @@ fn centred_cross(
     large: FeatureView,
     large_mean: &[f64],
 ) -> Result<tch::Tensor, MetricError> {
-    let centre = |mean: &[f64]| tch::Tensor::from_slice(mean).f_unsqueeze(0);
+    let centre = |mean: &[f64]| super::device::here(tch::Tensor::from_slice(mean)).f_unsqueeze(0);
     let a = small.tensor().f_sub(&centre(small_mean)?)?;
     let large_centre = centre(large_mean)?;
     let rows = super::features::rows_within(large.ncols() * 8, CROSS_BLOCK_BYTES);

@@ -67,7 +67,7 @@ pub fn inception_score<'a>(
             .into_iter()
             .map(|i| i as i64)
             .collect();
-        x = x.f_index_select(0, &Tensor::from_slice(&perm))?;
+        x = x.f_index_select(0, &super::device::here(Tensor::from_slice(&perm)))?;
     }
     let p = x.f_softmax(1, Kind::Double)?;
     let log_p = x.f_log_softmax(1, Kind::Double)?;

@@ -311,7 +311,7 @@ pub fn kid_resampled<'a, 'b>(
 
 fn index(rows: &[usize]) -> Tensor {
     let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    Tensor::from_slice(&rows)
+    super::device::here(Tensor::from_slice(&rows))
 }
 
 fn kernel(

@@ -1,7 +1,7 @@
 //! Thin float64 helpers over libtorch tensors.
 use tch::{Kind, Tensor};
 
-use super::MetricError;
+use super::{device, MetricError};
 
 /// A float64 CPU tensor holding a copy of `a` (rows x cols); the tests' oracles build theirs with
 /// it (metrics convert through `FeatureView`).
@@ -13,13 +13,18 @@ pub(crate) fn tensor(a: ndarray::ArrayView2<f64>) -> Tensor {
     Tensor::from_slice(slice).view([r as i64, c as i64])
 }
 
-/// A square float64 tensor from a row-major d*d buffer.
+/// A square float64 tensor from a row-major d*d buffer, on the metrics' device.
 pub(crate) fn square(data: &[f64], d: usize) -> Tensor {
-    Tensor::from_slice(data).view([d as i64, d as i64])
+    device::here(Tensor::from_slice(data).view([d as i64, d as i64]))
 }
 
+/// A host vector of `t`'s values in float64, from whichever device `t` is on.
 pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f64>, MetricError> {
-    let t = t.f_to_kind(Kind::Double)?.f_contiguous()?.f_view([-1])?;
+    let t = t
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?;
     Ok(Vec::<f64>::try_from(&t)?)
 }
 

@@ -108,14 +108,15 @@ fn median_sigma(a: FeatureView, b: FeatureView, seed: u32) -> Result<f64, Metric
                 ib += 1;
             }
         }
-        Tensor::f_cat(&[ta, tb], 0)?.f_index_select(0, &Tensor::from_slice(&order))?
+        Tensor::f_cat(&[ta, tb], 0)?
+            .f_index_select(0, &super::device::here(Tensor::from_slice(&order)))?
     } else {
         Tensor::f_cat(&[a.tensor(), b.tensor()], 0)?
     };
     let m = pooled.size()[0];
     let d2 = squared_distances(&pooled, &pooled)?;
     // Distinct pairs only: the strict upper triangle.
-    let mask = Tensor::f_ones([m, m], (Kind::Bool, tch::Device::Cpu))?.f_triu(1)?;
+    let mask = Tensor::f_ones([m, m], (Kind::Bool, pooled.device()))?.f_triu(1)?;
     let upper = d2.f_masked_select(&mask)?;
     let median = linalg::scalar(&upper.f_sqrt()?.f_median()?)?;
     if median <= 0.0 {

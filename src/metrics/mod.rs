@@ -2,9 +2,11 @@
 //! images, stored as float32 or float64: [`Features`]) or sufficient statistics and returns
 //! numbers, computed in float64 on row blocks.
 //!
-//! Dense linear algebra runs on libtorch's CPU kernels (LAPACK/BLAS), which gapmeter links anyway.
+//! Dense linear algebra runs on libtorch's kernels, which gapmeter links anyway: LAPACK/BLAS on the
+//! CPU, or cuBLAS/cuSOLVER on a GPU when the caller runs the metrics inside [`on_device`].
 
 mod blocks;
+mod device;
 mod features;
 mod fid;
 mod inception_score;
@@ -19,6 +21,7 @@ mod stats;
 mod style;
 mod ustat;
 
+pub use device::on_device;
 pub use features::{FeatureElement, FeatureView, Features};
 pub use fid::{fid_from_features, fid_from_gaussians, Fid};
 pub use inception_score::{inception_score, InceptionScore, IsParams};

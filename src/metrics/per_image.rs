@@ -1,6 +1,6 @@
 //! Per-image gap: which source images are farthest out of the target domain; docs/metrics.md, "Per-image gap".
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::{blocks, linalg, FeatureView, MetricError};
 
@@ -21,8 +21,9 @@ pub struct ImageGap {
 /// Witness values (RBF kernel of bandwidth `sigma`) and distances to the `k`-th nearest target
 /// sample for every source row, in source order.
 ///
-/// Source rows go in blocks whose distances to the whole target set stay within a fixed budget
-/// (the k-th nearest needs whole rows); the own-set kernel sums go by column blocks too.
+/// Source rows go in tiles against tiles of the target and of the source itself: kernel sums add
+/// up tile by tile, and the k nearest target samples are merged tile by tile, so no whole row of
+/// distances is ever held.
 pub fn per_image_gap<'a, 'b>(
     source: impl Into<FeatureView<'a>>,
     target: impl Into<FeatureView<'b>>,
@@ -30,8 +31,8 @@ pub fn per_image_gap<'a, 'b>(
     k: usize,
 ) -> Result<Vec<ImageGap>, MetricError> {
     let (source, target) = (source.into(), target.into());
-    let rows = blocks::distance_rows(source.nrows().max(target.nrows()));
-    gap_in_blocks(source, target, sigma, k, rows)
+    let tile = blocks::tile_rows(source.ncols());
+    gap_in_blocks(source, target, sigma, k, tile)
 }
 
 fn gap_in_blocks(
@@ -39,7 +40,7 @@ fn gap_in_blocks(
     target: FeatureView,
     sigma: f64,
     k: usize,
-    rows_per_block: usize,
+    tile: usize,
 ) -> Result<Vec<ImageGap>, MetricError> {
     let (ns, d) = source.dim();
     let nt = target.nrows();
@@ -60,27 +61,37 @@ fn gap_in_blocks(
     }
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let mut out = Vec::with_capacity(ns);
-    for (start, len) in source.block_ranges(rows_per_block) {
-        let block = source.block(start, len);
-        let to_t = blocks::squared_distance_rows(&block, target)?;
-        let to_target = to_t
+    let k = k.max(1);
+    let kernel_sum = |d2: &Tensor| -> Result<Tensor, MetricError> {
+        Ok(d2
             .f_mul_scalar(-gamma)?
             .f_exp()?
-            .f_mean_dim(1, false, Kind::Double)?;
-        let mut own = Tensor::f_zeros([len as i64], (Kind::Double, Device::Cpu))?;
-        blocks::for_each_column_block(&block, source, |_, d2| {
-            let sums =
-                d2.f_mul_scalar(-gamma)?
-                    .f_exp()?
-                    .f_sum_dim_intlist(1, false, Kind::Double)?;
-            own = own.f_add(&sums)?;
+            .f_sum_dim_intlist(1, false, Kind::Double)?)
+    };
+    for (start, len) in source.block_ranges(tile) {
+        let block = source.block(start, len);
+        // One pass over the target tiles serves the kernel sum and the k nearest.
+        let mut to_target =
+            Tensor::f_zeros([len as i64], (Kind::Double, super::device::current()))?;
+        let mut nearest: Option<Tensor> = None;
+        blocks::for_each_column_block(&block, target, tile, |_, d2| {
+            to_target = to_target.f_add(&kernel_sum(&d2)?)?;
+            nearest = Some(blocks::keep_smallest(nearest.take(), d2, k)?);
+            Ok(())
+        })?;
+        let to_target = to_target.f_div_scalar(nt as f64)?;
+        let mut own = Tensor::f_zeros([len as i64], (Kind::Double, super::device::current()))?;
+        blocks::for_each_column_block(&block, source, tile, |_, d2| {
+            own = own.f_add(&kernel_sum(&d2)?)?;
             Ok(())
         })?;
         // k(x, x) = 1 exactly for an RBF kernel; leave it out of the own-set mean.
         let to_own = own.f_sub_scalar(1.0)?.f_div_scalar((ns - 1) as f64)?;
         let witness = linalg::to_vec(&to_target.f_sub(&to_own)?)?;
-        let (knn, _) = to_t.f_kthvalue(k.max(1) as i64, 1, false)?;
-        let knn = linalg::to_vec(&knn.f_sqrt()?)?;
+        let nearest = nearest.ok_or_else(|| {
+            MetricError::InvalidParameter("no target samples to measure distances to".into())
+        })?;
+        let knn = linalg::to_vec(&nearest.f_select(1, (k - 1) as i64)?.f_sqrt()?)?;
         for (i, (w, dist)) in witness.into_iter().zip(knn).enumerate() {
             out.push(ImageGap {
                 index: start + i,

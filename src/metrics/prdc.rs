@@ -1,7 +1,7 @@
 //! Precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al. 2020),
 //! with the k-NN radii and strict comparisons of the `prdc` reference package.
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::{blocks, FeatureView, MetricError};
 
@@ -29,31 +29,38 @@ pub struct Prdc {
     pub coverage: f64,
 }
 
-/// Distance of each row of `x` to its k-th nearest other row (the row itself is the 0-th), from
-/// row blocks of `rows_per_block` rows against all of `x`.
-fn knn_radii(x: FeatureView, k: usize, rows_per_block: usize) -> Result<Tensor, MetricError> {
-    let mut radii = Vec::with_capacity(x.nrows());
-    for (start, len) in x.block_ranges(rows_per_block) {
-        // Euclidean distances as sklearn's `pairwise_distances` forms them for float64 input.
-        let mut d = blocks::squared_distance_rows(&x.block(start, len), x)?;
-        let _ = d.f_sqrt_()?;
-        // A point's distance to itself is 0 by definition; rounding in ‖x‖²+‖x‖²−2xᵀx may leave a
-        // tiny positive value that would displace the true nearest neighbour.
-        let _ = d
-            .f_narrow(1, start as i64, len as i64)?
-            .f_fill_diagonal_(0.0, false)?;
-        let (values, _) = d.f_kthvalue(k as i64 + 1, 1, false)?;
-        radii.push(values);
+/// Distances of each row of `x` to its `k + 1` nearest rows, ascending, the row itself first (the
+/// 0-th neighbour, at 0), from tiles of `tile` rows: column `k` is the k-NN radius, and one pass
+/// serves every k up to `k`.
+fn nearest_distances(x: FeatureView, k: usize, tile: usize) -> Result<Tensor, MetricError> {
+    let mut nearest = Vec::with_capacity(x.nrows().div_ceil(tile.max(1)));
+    for (start, len) in x.block_ranges(tile) {
+        let block = x.block(start, len);
+        nearest.push(blocks::smallest_own_squared_distances(
+            &block,
+            x,
+            start,
+            k + 1,
+            tile,
+        )?);
     }
-    Ok(Tensor::f_cat(&radii, 0)?)
+    // Euclidean distances as sklearn's `pairwise_distances` forms them for float64 input: the
+    // square root of the clamped squared distance. The root is monotone, so the k-th smallest is
+    // the same element either side of it.
+    Ok(Tensor::f_cat(&nearest, 0)?.f_sqrt()?)
+}
+
+/// Column `k` of [`nearest_distances`]: each row's k-NN radius.
+fn radius(nearest: &Tensor, k: usize) -> Result<Tensor, MetricError> {
+    Ok(nearest.f_select(1, k as i64)?.f_contiguous()?)
 }
 
 /// Precision/recall with `k_pr` and density/coverage with `k_dc`. Source plays the role of the
 /// `prdc` package's "fake" features, target the "real" ones.
 ///
-/// Computed by row blocks (docs/metrics.md, "Blockwise computation"): the k-NN radii from each
-/// block's distances to its whole set, then one pass of real row blocks against fake column
-/// blocks that counts what the four measures need. The comparisons are those of the whole
+/// Computed by tiles (docs/metrics.md, "Blockwise computation"): the k-NN radii of each set from
+/// the k smallest distances merged tile by tile, then one pass of real row tiles against fake
+/// column tiles that counts what the four measures need. The comparisons are those of the whole
 /// distance matrix, so the counts are the same.
 ///
 /// ```
@@ -68,15 +75,15 @@ pub fn prdc<'a, 'b>(
     params: &PrdcParams,
 ) -> Result<Prdc, MetricError> {
     let (source, target) = (source.into(), target.into());
-    let rows = blocks::distance_rows(source.nrows().max(target.nrows()));
-    prdc_in_blocks(source, target, params, rows)
+    let tile = blocks::tile_rows(source.ncols());
+    prdc_in_blocks(source, target, params, tile)
 }
 
 fn prdc_in_blocks(
     fake: FeatureView,
     real: FeatureView,
     params: &PrdcParams,
-    rows_per_block: usize,
+    tile: usize,
 ) -> Result<Prdc, MetricError> {
     if fake.ncols() != real.ncols() {
         return Err(MetricError::DimensionMismatch(fake.ncols(), real.ncols()));
@@ -96,30 +103,32 @@ fn prdc_in_blocks(
     if !(fake.all_finite() && real.all_finite()) {
         return Err(MetricError::NonFinite);
     }
-    let real_pr = knn_radii(real, params.k_pr, rows_per_block)?;
-    let fake_pr = knn_radii(fake, params.k_pr, rows_per_block)?.f_unsqueeze(0)?;
-    let real_dc = if params.k_dc == params.k_pr {
-        real_pr.shallow_clone()
-    } else {
-        knn_radii(real, params.k_dc, rows_per_block)?
-    };
+    // One pass per set: the real radii for both k come from the same nearest distances.
+    let real_nearest = nearest_distances(real, k_max, tile)?;
+    let (real_pr, real_dc) = (
+        radius(&real_nearest, params.k_pr)?,
+        radius(&real_nearest, params.k_dc)?,
+    );
+    let fake_pr =
+        radius(&nearest_distances(fake, params.k_pr, tile)?, params.k_pr)?.f_unsqueeze(0)?;
     let (nr, nf) = (real.nrows(), fake.nrows());
     // Per fake sample: inside some real ball (precision). Summed over the pass: real balls of
     // radius k_dc holding a fake sample (density). Per real row: some fake ball holds it
     // (recall), nearest fake sample within its k_dc ball (coverage).
-    let fake_inside = Tensor::f_zeros([nf as i64], (Kind::Bool, Device::Cpu))?;
+    let fake_inside = Tensor::f_zeros([nf as i64], (Kind::Bool, super::device::current()))?;
     let mut density_count: i64 = 0;
     let (mut recalled, mut covered) = (0i64, 0i64);
-    for (start, len) in real.block_ranges(rows_per_block) {
+    for (start, len) in real.block_ranges(tile) {
         let pr = real_pr
             .f_narrow(0, start as i64, len as i64)?
             .f_unsqueeze(1)?;
         let dc = real_dc
             .f_narrow(0, start as i64, len as i64)?
             .f_unsqueeze(1)?;
-        let mut in_fake_ball = Tensor::f_zeros([len as i64], (Kind::Bool, Device::Cpu))?;
+        let mut in_fake_ball =
+            Tensor::f_zeros([len as i64], (Kind::Bool, super::device::current()))?;
         let mut nearest: Option<Tensor> = None;
-        blocks::for_each_column_block(&real.block(start, len), fake, |col, mut d| {
+        blocks::for_each_column_block(&real.block(start, len), fake, tile, |col, mut d| {
             let _ = d.f_sqrt_()?;
             let width = d.size()[1];
             let inside = d.f_lt_tensor(&pr)?.f_any_dim(0, false)?;

@@ -1,10 +1,10 @@
 //! Sufficient statistics of a feature set, kept so they merge exactly; docs/metrics.md,
 //! "Sufficient statistics".
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::features::rows_within;
-use super::{linalg, FeatureView, MetricError};
+use super::{device, linalg, FeatureView, MetricError};
 
 /// Bytes of float64 rows per block of the two passes: large enough for an efficient matrix
 /// product, small next to the features themselves.
@@ -70,14 +70,15 @@ impl FeatureStats {
         if !features.all_finite() {
             return Err(MetricError::NonFinite);
         }
-        let mut sum = Tensor::f_zeros([dim as i64], (Kind::Double, Device::Cpu))?;
+        let mut sum = Tensor::f_zeros([dim as i64], (Kind::Double, device::current()))?;
         for (start, len) in features.block_ranges(rows) {
             let block = features.block(start, len);
             sum = sum.f_add(&block.f_sum_dim_intlist(0, false, Kind::Double)?)?;
         }
         let mean = sum.f_div_scalar(n as f64)?;
         let centre = mean.f_unsqueeze(0)?;
-        let mut scatter = Tensor::f_zeros([dim as i64, dim as i64], (Kind::Double, Device::Cpu))?;
+        let mut scatter =
+            Tensor::f_zeros([dim as i64, dim as i64], (Kind::Double, device::current()))?;
         for (start, len) in features.block_ranges(rows) {
             let centred = features.block(start, len).f_sub(&centre)?;
             let _ = scatter.f_addmm_(&centred.f_tr()?, &centred)?;

@@ -103,7 +103,7 @@ pub fn image_covariances(maps: &Tensor) -> Result<Tensor, MetricError> {
     let cov = normalised
         .f_bmm(&normalised.f_transpose(1, 2)?)?
         .f_div_scalar((hw - 1) as f64)?;
-    let eye = Tensor::f_eye(c, (Kind::Double, tch::Device::Cpu))?.f_mul_scalar(EPS)?;
+    let eye = Tensor::f_eye(c, (Kind::Double, maps.device()))?.f_mul_scalar(EPS)?;
     Ok(cov.f_add(&eye)?)
 }
 

@@ -155,7 +155,9 @@ pub(crate) fn distinct_origin_mmd2(
         }
         let n = origins.len() as i64;
         let mask: Vec<f64> = allowed.iter().map(|&a| f64::from(u8::from(a))).collect();
-        let mask = Tensor::from_slice(&mask).f_view([n, n])?;
+        let mask = Tensor::from_slice(&mask)
+            .f_view([n, n])?
+            .f_to_device(k.device())?;
         Ok(linalg::scalar(&k.f_mul(&mask)?.f_sum(Kind::Double)?)? / count as f64)
     };
     Ok(within(kxx, origin_x)? + within(kyy, origin_y)?

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::features::{Chunk, Engine, PrepareError, RunOptions};
+use crate::features::{Chunk, Engine, PrecisionSample, PrepareError, RunOptions};
 use crate::imaging::{self, Prepared, ResizeMode};
 use crate::ingest::list_images;
 use crate::metrics::{FeatureElement, Features, StyleSet};
@@ -48,6 +48,8 @@ pub struct ExtractedSet {
     pub skipped: Vec<Skipped>,
     /// The set's content hash ([`crate::content::dataset_hash`] over every file, in any order).
     pub content_hash: String,
+    /// What the run measured that a reader must know (a reduced precision's deviation).
+    pub warnings: Vec<String>,
 }
 
 /// Extracts the content features of every image under `dir`. Unreadable images are skipped and
@@ -106,7 +108,7 @@ pub fn extract_folder(
         let _ = hashes[i].set(hash);
         Ok(prepared)
     };
-    engine.run(paths.len(), &run, prepare, |chunk: Chunk| {
+    let report = engine.run(paths.len(), &run, prepare, |chunk: Chunk| {
         for (i, reason) in chunk.rejected {
             let path = paths[i].display().to_string();
             if opts.strict {
@@ -155,7 +157,48 @@ pub fn extract_folder(
         paths: kept,
         skipped,
         content_hash: crate::content::dataset_hash(hashes),
+        warnings: report
+            .precision_sample
+            .as_ref()
+            .map(precision_warning)
+            .into_iter()
+            .collect(),
     })
+}
+
+/// What a reduced precision changed on the batch measured both ways: FID between the float32
+/// and the reduced features of the same images (with two images or more), and the largest
+/// difference of a feature relative to the largest float32 feature magnitude.
+pub fn precision_warning(sample: &PrecisionSample) -> String {
+    let (reference, reduced) = (&sample.reference, &sample.reduced);
+    let scale = reference
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let largest = reference
+        .iter()
+        .zip(reduced.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let n = reference.nrows();
+    let fid = if n >= 2 {
+        match crate::metrics::fid_from_features(reference.view(), reduced.view()) {
+            Ok(f) => format!(
+                "FID between float32 and {} features {:.3e}, ",
+                sample.precision, f.value
+            ),
+            Err(e) => format!(
+                "FID between float32 and {} features not computed ({e}), ",
+                sample.precision
+            ),
+        }
+    } else {
+        String::new()
+    };
+    format!(
+        "features computed in {} (--precision), not float32 as the reference tools: on the first batch ({n} images), {fid}largest feature difference {:.3e} of the largest feature",
+        sample.precision,
+        largest / scale
+    )
 }
 
 /// Rows of `dim` values, one per image, as the metrics take them.

@@ -134,6 +134,7 @@ impl LoadedSet {
                 for s in &set.skipped {
                     warnings.push(format!("{role}: skipped {}: {}", s.path, s.reason));
                 }
+                warnings.extend(set.warnings.iter().map(|w| format!("{role}: {w}")));
                 let data = SetData {
                     features: Some(set.features),
                     gaussian: None,

@@ -14,13 +14,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::features::{resolve_extractor, BatchSize, Devices, Engine, Manifest, Naming, Registry};
+use crate::features::{
+    resolve_extractor, BatchSize, DeviceSpec, Devices, Engine, Manifest, Naming, Precision,
+    Registry,
+};
 use crate::metrics::{self, BootstrapParams, Interval, Target};
 
 pub use compute::{compute, MetricName, MetricParams, MetricValue, Values};
 pub use extract::load_one;
 pub use extract::{
-    extract_folder, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT, STYLE_OUTPUT,
+    extract_folder, precision_warning, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT,
+    STYLE_OUTPUT,
 };
 pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetData, SetProvenance};
 pub use report::{ExtractorInfo, ImageScore, MatrixReport, Overlap, PerImage, Report, Software};
@@ -37,6 +41,12 @@ pub struct ScoreOptions {
     pub batch_size: BatchSize,
     /// One model replica per device.
     pub devices: Devices,
+    /// The models' floating-point type: float32 (the default, as the references) or, opt-in,
+    /// float16 / bfloat16 with their measured deviation in the warnings.
+    pub precision: Precision,
+    /// Where the metrics compute (float64 either way); `None`: the first GPU among `devices`,
+    /// else the CPU.
+    pub metrics_device: Option<DeviceSpec>,
     pub strict: bool,
     pub registry: Registry,
     pub progress: bool,
@@ -54,6 +64,26 @@ pub struct ScoreOptions {
 }
 
 impl ScoreOptions {
+    /// The device the metrics run on: [`Self::metrics_device`], or the first GPU among the
+    /// replica devices, else the CPU. Checked to exist.
+    pub fn resolve_metrics_device(&self) -> anyhow::Result<DeviceSpec> {
+        let spec = match (self.metrics_device, &self.devices) {
+            (Some(d), _) => d,
+            (None, Devices::List(list)) => list
+                .iter()
+                .copied()
+                .find(|d| matches!(d, DeviceSpec::Cuda(_)))
+                .unwrap_or(DeviceSpec::Cpu),
+            (None, Devices::All) => Devices::All
+                .resolve()?
+                .first()
+                .copied()
+                .unwrap_or(DeviceSpec::Cpu),
+        };
+        spec.to_device().context("the metrics device")?;
+        Ok(spec)
+    }
+
     fn check_interrupt(&self) -> anyhow::Result<()> {
         if self
             .interrupt
@@ -90,6 +120,21 @@ pub fn score(source: &str, target: &str, opts: &ScoreOptions) -> anyhow::Result<
 /// are carried into the report. The service's worker calls this with sets built from cached
 /// features, so its results have the shape and values of `gapmeter score`.
 pub fn score_sets(
+    s: &LoadedSet,
+    t: &LoadedSet,
+    extractor: Option<ExtractorInfo>,
+    chosen: &[MetricName],
+    opts: &ScoreOptions,
+    warnings: Vec<String>,
+) -> anyhow::Result<Report> {
+    let device = opts.resolve_metrics_device()?.to_device()?;
+    metrics::on_device(device, || {
+        score_sets_here(s, t, extractor, chosen, opts, warnings)
+    })
+}
+
+/// [`score_sets`] on the current metrics device.
+fn score_sets_here(
     s: &LoadedSet,
     t: &LoadedSet,
     extractor: Option<ExtractorInfo>,
@@ -164,6 +209,20 @@ pub fn check_symmetric(chosen: &[MetricName]) -> anyhow::Result<()> {
 
 /// The gap table between loaded sets (see [`score_sets`]).
 pub fn matrix_sets(
+    sets: &[LoadedSet],
+    extractor: Option<ExtractorInfo>,
+    chosen: &[MetricName],
+    opts: &ScoreOptions,
+    warnings: Vec<String>,
+) -> anyhow::Result<MatrixReport> {
+    let device = opts.resolve_metrics_device()?.to_device()?;
+    metrics::on_device(device, || {
+        matrix_sets_here(sets, extractor, chosen, opts, warnings)
+    })
+}
+
+/// [`matrix_sets`] on the current metrics device.
+fn matrix_sets_here(
     sets: &[LoadedSet],
     extractor: Option<ExtractorInfo>,
     chosen: &[MetricName],
@@ -387,7 +446,7 @@ pub fn extract(dir: &std::path::Path, opts: &ScoreOptions) -> anyhow::Result<Ext
 fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Engine> {
     let devices = opts.devices.resolve()?;
     let manifest = resolve_extractor(opts.extractor.as_deref(), &opts.registry, Naming::IdOrPath)?;
-    Engine::load(manifest, &devices)
+    Engine::load_in(manifest, &devices, opts.precision)
 }
 
 fn small_sample_warnings(
