@@ -614,3 +614,55 @@ fn extract_writes_the_features_score_uses() {
         assert_eq!(value(&from_folders, key), value(&from_npy, key), "{key}");
     }
 }
+
+#[test]
+fn reduced_precision_and_the_metrics_device_are_reported_or_refused() {
+    // bf16 runs on the CPU: the result says it is not float32 and what that changed, measured.
+    let v = gapmeter_json(&[
+        "score",
+        "examples/A",
+        "examples/B",
+        "--extractor",
+        "tiny-cnn",
+        "--metrics",
+        "fid",
+        "--precision",
+        "bf16",
+        "--format",
+        "json",
+        "--no-progress",
+    ]);
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("source: features computed in bf16")
+            && warnings.contains("target: features computed in bf16")
+            && warnings.contains("FID between float32 and bf16 features"),
+        "{warnings}"
+    );
+    assert!(value(&v, "metrics.fid.value").is_finite());
+
+    let out = gapmeter(&["score", "examples/A", "examples/B", "--precision", "fp8"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected fp32, fp16 or bf16"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A metrics device that does not exist fails before any work, naming it.
+    let (s, t) = (reference("source.npy"), reference("target.npy"));
+    let out = gapmeter(&[
+        "score",
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metrics-device",
+        "cuda:99",
+        "--no-progress",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cuda:99") && err.contains("CUDA device(s)"),
+        "{err}"
+    );
+}

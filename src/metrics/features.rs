@@ -179,6 +179,53 @@ impl<'a> FeatureView<'a> {
         self.rows(start, len).tensor()
     }
 
+    /// Rows `start..start + len` written into `out`, a float64 tensor of `len` × d on any device,
+    /// with no intermediate copy: the hot loops of the k-NN metrics convert every tile into the
+    /// same buffers instead of allocating (and fragmenting the heap with) new ones.
+    pub(crate) fn block_into(
+        &self,
+        start: usize,
+        len: usize,
+        out: &Tensor,
+    ) -> Result<(), tch::TchError> {
+        let d = self.ncols() as i64;
+        let shape = [len as i64, d];
+        match self.rows(start, len) {
+            FeatureView::F32(a) => {
+                let rows = a.as_standard_layout();
+                // SAFETY: `rows` is a contiguous len × d float32 buffer that outlives `src`, which
+                // is only read by the copy below and dropped before `rows`.
+                let src = unsafe {
+                    Tensor::f_from_blob(
+                        rows.as_ptr().cast(),
+                        &shape,
+                        &[d, 1],
+                        Kind::Float,
+                        tch::Device::Cpu,
+                    )?
+                };
+                let mut out = out.shallow_clone();
+                out.f_copy_(&src)?;
+            }
+            FeatureView::F64(a) => {
+                let rows = a.as_standard_layout();
+                // SAFETY: as above, float64.
+                let src = unsafe {
+                    Tensor::f_from_blob(
+                        rows.as_ptr().cast(),
+                        &shape,
+                        &[d, 1],
+                        Kind::Double,
+                        tch::Device::Cpu,
+                    )?
+                };
+                let mut out = out.shallow_clone();
+                out.f_copy_(&src)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The whole matrix as a float64 CPU tensor. Only for metrics whose cost is quadratic in the
     /// rows anyway (MMD, CMMD, IS, small-sample routes); the scalable ones go by [`Self::block`].
     pub(crate) fn tensor(&self) -> Tensor {

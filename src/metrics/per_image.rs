@@ -68,20 +68,21 @@ fn gap_in_blocks(
             .f_exp()?
             .f_sum_dim_intlist(1, false, Kind::Double)?)
     };
+    let tiles = blocks::Tiles::new(tile.min(ns.max(nt)), d)?;
     for (start, len) in source.block_ranges(tile) {
-        let block = source.block(start, len);
+        let block = tiles.load_rows(source, start, len)?;
         // One pass over the target tiles serves the kernel sum and the k nearest.
         let mut to_target =
             Tensor::f_zeros([len as i64], (Kind::Double, super::device::current()))?;
         let mut nearest: Option<Tensor> = None;
-        blocks::for_each_column_block(&block, target, tile, |_, d2| {
+        tiles.for_each_column_block(&block, target, |_, d2| {
             to_target = to_target.f_add(&kernel_sum(&d2)?)?;
-            nearest = Some(blocks::keep_smallest(nearest.take(), d2, k)?);
+            nearest = Some(blocks::keep_smallest(nearest.take(), &d2, k)?);
             Ok(())
         })?;
         let to_target = to_target.f_div_scalar(nt as f64)?;
         let mut own = Tensor::f_zeros([len as i64], (Kind::Double, super::device::current()))?;
-        blocks::for_each_column_block(&block, source, tile, |_, d2| {
+        tiles.for_each_column_block(&block, source, |_, d2| {
             own = own.f_add(&kernel_sum(&d2)?)?;
             Ok(())
         })?;

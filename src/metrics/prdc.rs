@@ -34,15 +34,10 @@ pub struct Prdc {
 /// serves every k up to `k`.
 fn nearest_distances(x: FeatureView, k: usize, tile: usize) -> Result<Tensor, MetricError> {
     let mut nearest = Vec::with_capacity(x.nrows().div_ceil(tile.max(1)));
+    let tiles = blocks::Tiles::new(tile.min(x.nrows()), x.ncols())?;
     for (start, len) in x.block_ranges(tile) {
-        let block = x.block(start, len);
-        nearest.push(blocks::smallest_own_squared_distances(
-            &block,
-            x,
-            start,
-            k + 1,
-            tile,
-        )?);
+        let block = tiles.load_rows(x, start, len)?;
+        nearest.push(tiles.smallest_own_squared_distances(&block, x, start, k + 1)?);
     }
     // Euclidean distances as sklearn's `pairwise_distances` forms them for float64 input: the
     // square root of the clamped squared distance. The root is monotone, so the k-th smallest is
@@ -118,6 +113,7 @@ fn prdc_in_blocks(
     let fake_inside = Tensor::f_zeros([nf as i64], (Kind::Bool, super::device::current()))?;
     let mut density_count: i64 = 0;
     let (mut recalled, mut covered) = (0i64, 0i64);
+    let tiles = blocks::Tiles::new(tile.min(real.nrows().max(fake.nrows())), real.ncols())?;
     for (start, len) in real.block_ranges(tile) {
         let pr = real_pr
             .f_narrow(0, start as i64, len as i64)?
@@ -128,7 +124,8 @@ fn prdc_in_blocks(
         let mut in_fake_ball =
             Tensor::f_zeros([len as i64], (Kind::Bool, super::device::current()))?;
         let mut nearest: Option<Tensor> = None;
-        blocks::for_each_column_block(&real.block(start, len), fake, tile, |col, mut d| {
+        let block = tiles.load_rows(real, start, len)?;
+        tiles.for_each_column_block(&block, fake, |col, mut d| {
             let _ = d.f_sqrt_()?;
             let width = d.size()[1];
             let inside = d.f_lt_tensor(&pr)?.f_any_dim(0, false)?;
