@@ -9,7 +9,19 @@ use crate::util::torch_err;
 /// The floating-point type a model runs in. float32 is the default and the only one that matches
 /// the references; float16 and bfloat16 are opt-in for speed on GPUs, their inputs normalised in
 /// float32 first and their outputs widened back to float32.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     Fp32,
@@ -18,6 +30,10 @@ pub enum Precision {
 }
 
 impl Precision {
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+
     fn kind(self) -> Kind {
         match self {
             Precision::Fp32 => Kind::Float,

@@ -171,6 +171,17 @@ impl Manifest {
         format!("{}@{}", self.id, &hash[..16])
     }
 
+    /// Identifies the features this extractor computes at `precision`, for the feature and
+    /// statistics caches: [`Self::cache_key`] at float32 (so existing caches stay valid), with the
+    /// precision appended otherwise, so reduced-precision features never answer a float32 job.
+    pub fn features_key(&self, precision: super::Precision) -> String {
+        if precision.is_fp32() {
+            self.cache_key()
+        } else {
+            format!("{}+{precision}", self.cache_key())
+        }
+    }
+
     pub fn model_path(&self) -> PathBuf {
         match self.path.parent() {
             Some(dir) => dir.join(&self.file),

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::features::{DeviceSpec, Devices, Engine, Manifest, Registry, DEFAULT_EXTRACTORS};
+use crate::features::{
+    DeviceSpec, Devices, Engine, Manifest, Precision, Registry, DEFAULT_EXTRACTORS,
+};
 
 /// The models a worker has loaded.
 pub struct Models {
@@ -37,15 +39,16 @@ impl Models {
             let Ok(manifest) = registry.get(id) else {
                 continue;
             };
-            self.get(&manifest)?;
+            self.get(&manifest, Precision::Fp32)?;
             ids.push(id.to_string());
         }
         Ok(ids)
     }
 
-    /// The engine of `manifest` (by [`Manifest::cache_key`]), loading it if needed.
-    pub fn get(&self, manifest: &Manifest) -> anyhow::Result<Arc<Engine>> {
-        let key = manifest.cache_key();
+    /// The engine of `manifest` at `precision` (by [`Manifest::features_key`]), loading it if
+    /// needed.
+    pub fn get(&self, manifest: &Manifest, precision: Precision) -> anyhow::Result<Arc<Engine>> {
+        let key = manifest.features_key(precision);
         // Held while loading, so two jobs needing the same model load it once.
         let mut loaded = self
             .loaded
@@ -54,7 +57,7 @@ impl Models {
         if let Some(m) = loaded.get(&key) {
             return Ok(m.clone());
         }
-        let engine = Engine::load(manifest.clone(), &self.devices)
+        let engine = Engine::load_in(manifest.clone(), &self.devices, precision)
             .with_context(|| format!("loading extractor {}", manifest.id))?;
         let engine = Arc::new(engine);
         loaded.insert(key, engine.clone());

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use super::plan::{self, StatsPlan};
 use super::{Control, JobError, Models, WorkerOptions};
 use crate::features::{
-    Chunk, Devices, ExtractedBatch, Manifest, PrepareError, Registry, RunOptions,
+    Chunk, Devices, ExtractedBatch, Manifest, Precision, PrepareError, Registry, RunOptions,
 };
 use crate::jobs::{self, has_output, JobKind, JobSpec, Work};
 use crate::metrics::{FeatureStats, Features, StyleSet};
@@ -101,7 +101,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         }
     }
     let snaps = snapshots(ctx, &spec)?;
-    let extractor_key = manifest.cache_key();
+    let extractor_key = manifest.features_key(spec.precision);
     let contents: Vec<&str> = snaps
         .iter()
         .map(|s| s.content_hash.as_deref().unwrap_or(""))
@@ -133,14 +133,31 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     let from_stats = if spec.needs_features() {
         None
     } else {
-        statistics_route(ctx, &manifest, &snaps, &roles, work)?
+        statistics_route(
+            ctx,
+            &manifest,
+            spec.precision,
+            &snaps,
+            &roles,
+            work,
+            &mut warnings,
+        )?
     };
     let sets = match from_stats {
         Some(sets) => sets,
         None => {
             let want_logits = spec.metrics.contains(&MetricName::Is);
             let want_style = spec.metrics.contains(&MetricName::Style);
-            let mut rows = gather(ctx, &manifest, &snaps, want_logits, want_style, work)?;
+            let mut rows = gather(
+                ctx,
+                &manifest,
+                spec.precision,
+                &snaps,
+                want_logits,
+                want_style,
+                work,
+                &mut warnings,
+            )?;
             // Each image's rows move into the set at its last occurrence (copies elsewhere), so
             // the rows and the matrices are not both held in full.
             let last_use = plan::last_uses(&snaps);
@@ -261,11 +278,13 @@ fn provenance(snap: &Snapshot, count: Option<usize>, skipped: Vec<Skipped>) -> S
 fn statistics_route(
     ctx: &JobContext,
     manifest: &Manifest,
+    precision: Precision,
     snaps: &[Snapshot],
     roles: &[String],
     work: &mut Work,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Vec<LoadedSet>>, JobError> {
-    let key = manifest.cache_key();
+    let key = manifest.features_key(precision);
     let tap = manifest.feature_output();
     let scope = ctx.scope();
     let mut plans = Vec::with_capacity(snaps.len());
@@ -299,7 +318,9 @@ fn statistics_route(
     let gathered = if partials.is_empty() {
         (HashMap::new(), HashMap::new())
     } else {
-        gather(ctx, manifest, &partials, false, false, work)?
+        gather(
+            ctx, manifest, precision, &partials, false, false, work, warnings,
+        )?
     };
     let (rows, skipped_reasons) = &gathered;
     let mut sets = Vec::with_capacity(snaps.len());
@@ -407,16 +428,19 @@ type Gathered = (HashMap<[u8; 32], Rows>, HashMap<[u8; 32], String>);
 
 /// Every image's outputs: from the feature cache, the rest extracted (once, even when datasets
 /// share images) and cached batch by batch, so a rerun after a crash extracts only what is left.
+#[allow(clippy::too_many_arguments)]
 fn gather(
     ctx: &JobContext,
     manifest: &Manifest,
+    precision: Precision,
     snaps: &[Snapshot],
     want_logits: bool,
     want_style: bool,
     work: &mut Work,
+    warnings: &mut Vec<String>,
 ) -> Result<Gathered, JobError> {
     let all = plan::distinct_images(snaps);
-    let key = manifest.cache_key();
+    let key = manifest.features_key(precision);
     let scope = ctx.scope();
     let mut features: HashMap<[u8; 32], Vec<f32>> = ctx
         .runtime
@@ -455,7 +479,16 @@ fn gather(
     let (mut extracted, skipped) = if missing.is_empty() {
         (HashMap::new(), HashMap::new())
     } else {
-        extract(ctx, manifest, &missing, want_logits, want_style, work)?
+        extract(
+            ctx,
+            manifest,
+            precision,
+            &missing,
+            want_logits,
+            want_style,
+            work,
+            warnings,
+        )?
     };
     let mut out = HashMap::with_capacity(all.len());
     for h in all {
@@ -481,22 +514,25 @@ fn gather(
 /// resized on the rayon pool, batches spread over the worker's replicas, and each batch's rows
 /// cached on this thread while the replicas run the next ones. Cancellation and lease loss are
 /// checked before each fetch and between batches.
+#[allow(clippy::too_many_arguments)]
 fn extract(
     ctx: &JobContext,
     manifest: &Manifest,
+    precision: Precision,
     missing: &[[u8; 32]],
     want_logits: bool,
     want_style: bool,
     work: &mut Work,
+    warnings: &mut Vec<String>,
 ) -> Result<Gathered, JobError> {
     let total = missing.len();
     ctx.progress("extracting", 0, total)?;
-    let engine = ctx.models.get(manifest).map_err(retry)?;
+    let engine = ctx.models.get(manifest, precision).map_err(retry)?;
     work.model_loaded = true;
     let (h, w) = manifest.input_size.height_width();
     let resize = manifest.resize;
     let run = RunOptions::new(ctx.options.batch_size.resolve(ctx.models.devices()));
-    let key = manifest.cache_key();
+    let key = manifest.features_key(precision);
     let feature_tap = manifest.feature_output().to_string();
     let mut rows: HashMap<[u8; 32], Rows> = HashMap::with_capacity(total);
     let mut skipped: HashMap<[u8; 32], String> = HashMap::new();
@@ -542,7 +578,10 @@ fn extract(
         return Err(e);
     }
     ctx.control.check()?;
-    result.map_err(retry)?;
+    let report = result.map_err(retry)?;
+    if let Some(sample) = &report.precision_sample {
+        warnings.push(score::precision_warning(sample));
+    }
     work.images_skipped = skipped.len() as u64;
     Ok((rows, skipped))
 }

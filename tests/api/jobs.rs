@@ -1095,3 +1095,72 @@ async fn cancelling_stops_a_long_bootstrap_between_resamples(pool: PgPool) {
     assert_eq!(done["status"], "cancelled", "{done}");
     assert!(done["result"].is_null());
 }
+
+#[sqlx::test]
+async fn a_reduced_precision_job_reports_its_deviation_and_keeps_its_features_apart(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let a = dataset_from(&app, &key, "A", folder(&root().join("examples/A"))).await;
+    let b = dataset_from(&app, &key, "B", folder(&root().join("examples/B"))).await;
+    let request = |precision: Option<&str>| {
+        let mut body = json!({
+            "source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["fid"], "top_k": 2,
+        });
+        if let Some(p) = precision {
+            body["precision"] = json!(p);
+        }
+        body
+    };
+    let run = |body: Value| {
+        let (app, key) = (&app, &key);
+        async move {
+            let job = submit(app, key, &body).await;
+            let (_, done) = follow(app, key, job["id"].as_str().unwrap()).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            done
+        }
+    };
+
+    // bfloat16 runs on the CPU worker: the result says so and what it changed, measured.
+    let reduced = run(request(Some("bf16"))).await;
+    assert_eq!(reduced["work"]["images_extracted"], 48);
+    let warnings = reduced["result"]["warnings"].to_string();
+    assert!(
+        warnings.contains("features computed in bf16")
+            && warnings.contains("FID between float32 and bf16 features"),
+        "{warnings}"
+    );
+
+    // A float32 job on the same datasets is answered neither from the bf16 result nor from its
+    // cached features: it extracts again and equals the CLI.
+    let full = run(request(None)).await;
+    assert_eq!(full["work"]["images_extracted"], 48, "{}", full["work"]);
+    assert!(!full["result"]["warnings"].to_string().contains("bf16"));
+    let cli: Value = serde_json::from_str(&gapmeter_cli(
+        &root(),
+        &[
+            "score",
+            "examples/A",
+            "examples/B",
+            "--extractor",
+            "tiny-cnn",
+            "--metrics",
+            "fid",
+            "--format",
+            "json",
+            "--no-progress",
+        ],
+    ))
+    .unwrap();
+    let fid = |v: &Value| v["metrics"]["fid"]["value"].as_f64().unwrap();
+    assert!(close(fid(&cli), fid(&full["result"])), "{cli} vs {full}");
+    assert_ne!(fid(&reduced["result"]), fid(&full["result"]));
+
+    // The bf16 features stay cached for the next bf16 job.
+    let again = run(request(Some("bf16"))).await;
+    assert_eq!(again["work"]["result_cache_hit"], true, "{}", again["work"]);
+
+    // An unknown precision is refused before anything is queued.
+    let resp = app.post_json("/v1/jobs", &key, &request(Some("fp8"))).await;
+    assert_eq!(resp.status(), 422);
+}
