@@ -640,6 +640,7 @@ fn reduced_precision_and_the_metrics_device_are_reported_or_refused() {
         "{warnings}"
     );
     assert!(value(&v, "metrics.fid.value").is_finite());
+    assert_eq!(v["extractor"]["precision"], "bf16");
 
     let out = gapmeter(&["score", "examples/A", "examples/B", "--precision", "fp8"]);
     assert!(!out.status.success());

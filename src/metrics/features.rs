@@ -188,42 +188,10 @@ impl<'a> FeatureView<'a> {
         len: usize,
         out: &Tensor,
     ) -> Result<(), tch::TchError> {
-        let d = self.ncols() as i64;
-        let shape = [len as i64, d];
         match self.rows(start, len) {
-            FeatureView::F32(a) => {
-                let rows = a.as_standard_layout();
-                // SAFETY: `rows` is a contiguous len × d float32 buffer that outlives `src`, which
-                // is only read by the copy below and dropped before `rows`.
-                let src = unsafe {
-                    Tensor::f_from_blob(
-                        rows.as_ptr().cast(),
-                        &shape,
-                        &[d, 1],
-                        Kind::Float,
-                        tch::Device::Cpu,
-                    )?
-                };
-                let mut out = out.shallow_clone();
-                out.f_copy_(&src)?;
-            }
-            FeatureView::F64(a) => {
-                let rows = a.as_standard_layout();
-                // SAFETY: as above, float64.
-                let src = unsafe {
-                    Tensor::f_from_blob(
-                        rows.as_ptr().cast(),
-                        &shape,
-                        &[d, 1],
-                        Kind::Double,
-                        tch::Device::Cpu,
-                    )?
-                };
-                let mut out = out.shallow_clone();
-                out.f_copy_(&src)?;
-            }
+            FeatureView::F32(a) => copy_rows(a, out),
+            FeatureView::F64(a) => copy_rows(a, out),
         }
-        Ok(())
     }
 
     /// The whole matrix as a float64 CPU tensor. Only for metrics whose cost is quadratic in the
@@ -276,6 +244,29 @@ impl<'a> FeatureView<'a> {
             .step_by(step)
             .map(move |start| (start, step.min(n - start)))
     }
+}
+
+/// Copies `rows` into `out` (same shape, any kind and device), converting as it goes, with no
+/// intermediate tensor.
+fn copy_rows<T: tch::kind::Element>(
+    rows: ArrayView2<T>,
+    out: &Tensor,
+) -> Result<(), tch::TchError> {
+    let rows = rows.as_standard_layout();
+    let shape = [rows.nrows() as i64, rows.ncols() as i64];
+    // SAFETY: `rows` is a contiguous row-major buffer of this shape that outlives `src`, which is
+    // only read by the copy below and dropped before it.
+    let src = unsafe {
+        Tensor::f_from_blob(
+            rows.as_ptr().cast(),
+            &shape,
+            &[shape[1], 1],
+            T::KIND,
+            tch::Device::Cpu,
+        )?
+    };
+    out.shallow_clone().f_copy_(&src)?;
+    Ok(())
 }
 
 /// Rows per block so that a block of `row_bytes`-byte rows stays within `budget` bytes (at least

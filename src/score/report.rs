@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{LoadedSet, MetricValue, ScoreOptions, SetProvenance};
-use crate::features::{Devices, Engine, Manifest};
+use crate::features::{Devices, Engine, Manifest, Precision};
 use crate::metrics::{BootstrapParams, Interval, Target};
 
 /// One score: values, both inputs' provenance, the extractor and every parameter, so that the
@@ -87,6 +87,9 @@ pub struct ExtractorInfo {
     pub dim: usize,
     pub device: String,
     pub batch_size: usize,
+    /// The model's floating-point type; absent at float32 (the default, as the references).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl ExtractorInfo {
@@ -110,6 +113,7 @@ impl ExtractorInfo {
             input_size: [h, w],
             features: m.feature_output().to_string(),
             dim,
+            precision: opts.precision,
             device: opts.devices.to_string(),
             batch_size: match &opts.devices {
                 Devices::List(list) => opts.batch_size.resolve(list),

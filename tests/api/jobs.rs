@@ -1130,12 +1130,14 @@ async fn a_reduced_precision_job_reports_its_deviation_and_keeps_its_features_ap
             && warnings.contains("FID between float32 and bf16 features"),
         "{warnings}"
     );
+    assert_eq!(reduced["result"]["extractor"]["precision"], "bf16");
 
     // A float32 job on the same datasets is answered neither from the bf16 result nor from its
     // cached features: it extracts again and equals the CLI.
     let full = run(request(None)).await;
     assert_eq!(full["work"]["images_extracted"], 48, "{}", full["work"]);
     assert!(!full["result"]["warnings"].to_string().contains("bf16"));
+    assert!(full["result"]["extractor"].get("precision").is_none());
     let cli: Value = serde_json::from_str(&gapmeter_cli(
         &root(),
         &[
