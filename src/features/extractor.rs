@@ -131,6 +131,14 @@ impl Extractor {
         device: DeviceSpec,
         precision: Precision,
     ) -> anyhow::Result<Self> {
+        if device == DeviceSpec::Cpu {
+            // TorchScript's profiling executor profiles the first runs and re-optimises the graph
+            // when the batch shape changes (warm-up at 2, then the run's batch size): about 0.5 s
+            // per model load on the CPU (`gapmeter extract` on 4 images: 2.6–2.8 s with it,
+            // 2.1–2.3 s without) for features identical to the last bit. On the CPU the profiled
+            // graph gains nothing, as no fuser runs there; GPUs keep the default, where it may.
+            tch::jit::set_profiling_mode(false);
+        }
         let bytes = manifest.verified_model_bytes()?;
         let dev = device.to_device()?;
         let path = manifest.model_path();
