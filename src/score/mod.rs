@@ -64,9 +64,9 @@ pub struct ScoreOptions {
 }
 
 impl ScoreOptions {
-    /// The device the metrics run on: [`Self::metrics_device`], or the first GPU among the
-    /// replica devices, else the CPU. Checked to exist.
-    pub fn resolve_metrics_device(&self) -> anyhow::Result<DeviceSpec> {
+    /// Runs `f` with the metrics on [`Self::metrics_device`], or the first GPU among the replica
+    /// devices, else the CPU (checked to exist first).
+    fn on_metrics_device<R>(&self, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
         let spec = match (self.metrics_device, &self.devices) {
             (Some(d), _) => d,
             (None, Devices::List(list)) => list
@@ -80,8 +80,8 @@ impl ScoreOptions {
                 .copied()
                 .unwrap_or(DeviceSpec::Cpu),
         };
-        spec.to_device().context("the metrics device")?;
-        Ok(spec)
+        let device = spec.to_device().context("the metrics device")?;
+        metrics::on_device(device, f)
     }
 
     fn check_interrupt(&self) -> anyhow::Result<()> {
@@ -127,10 +127,7 @@ pub fn score_sets(
     opts: &ScoreOptions,
     warnings: Vec<String>,
 ) -> anyhow::Result<Report> {
-    let device = opts.resolve_metrics_device()?.to_device()?;
-    metrics::on_device(device, || {
-        score_sets_here(s, t, extractor, chosen, opts, warnings)
-    })
+    opts.on_metrics_device(|| score_sets_here(s, t, extractor, chosen, opts, warnings))
 }
 
 /// [`score_sets`] on the current metrics device.
@@ -215,10 +212,7 @@ pub fn matrix_sets(
     opts: &ScoreOptions,
     warnings: Vec<String>,
 ) -> anyhow::Result<MatrixReport> {
-    let device = opts.resolve_metrics_device()?.to_device()?;
-    metrics::on_device(device, || {
-        matrix_sets_here(sets, extractor, chosen, opts, warnings)
-    })
+    opts.on_metrics_device(|| matrix_sets_here(sets, extractor, chosen, opts, warnings))
 }
 
 /// [`matrix_sets`] on the current metrics device.
@@ -431,9 +425,8 @@ fn load_sets(
 /// (same extractor resolution, engine, folder order and skipped files), for `gapmeter extract`.
 pub fn extract(dir: &std::path::Path, opts: &ScoreOptions) -> anyhow::Result<ExtractedSet> {
     let engine = load_extractor(opts)?;
-    let devices = opts.devices.resolve()?;
     let extract = ExtractOptions {
-        batch_size: opts.batch_size.resolve(&devices),
+        batch_size: opts.batch_size.resolve(&engine.devices()),
         run: None,
         strict: opts.strict,
         progress: opts.progress,
