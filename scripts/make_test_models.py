@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from gapmeter_models.export import export, recalibrate_batchnorm, calibration_images  # noqa: E402
+from gapmeter_models.export import export, seeded_untrained  # noqa: E402
 from gapmeter_models.inception_fid import FIDInceptionV3  # noqa: E402
 from gapmeter_models.tiny import TinyCNN  # noqa: E402
 
@@ -39,9 +39,7 @@ def up_to_date(out: Path, model_id: str, ghash: str) -> bool:
 
 
 def build_inception(seed):
-    torch.manual_seed(seed)
-    model = FIDInceptionV3()
-    recalibrate_batchnorm(model, calibration_images(48, 299, seed + 1))
+    model = seeded_untrained(FIDInceptionV3(), seed, calibration=48, size=299)
     return model, torch.zeros(1, 3, 299, 299), {
         "id": "inception-v3-fid-untrained",
         "input_size": 299,
@@ -55,9 +53,7 @@ def build_inception(seed):
 
 
 def build_tiny(seed):
-    torch.manual_seed(seed)
-    model = TinyCNN()
-    recalibrate_batchnorm(model, calibration_images(96, 64, seed + 1))
+    model = seeded_untrained(TinyCNN(), seed, calibration=96, size=64)
     return model, torch.zeros(1, 3, 64, 64), {
         "id": "tiny-cnn",
         "input_size": 64,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates ~/.cache/gapmeter/venv-bench with clean-fid 0.1.35 for `make bench-e2e` and prints its
-# python's path. It reuses the torch of the libtorch venv (a .pth file points at it) instead of
+# Creates ~/.cache/gapmeter/venv-bench with clean-fid 0.1.35 and pytorch-fid 0.3.0 (for
+# `make bench-e2e`, and for the tests that check .npz statistics against pytorch-fid) and prints
+# its python's path. It reuses the torch of the libtorch venv (a .pth file points at it) instead of
 # installing a second 4.7 GB torch, so both sides of the comparison run the very same libtorch.
 # Run through scripts/with-libtorch.sh (it sets GAPMETER_VENV).
 set -euo pipefail
@@ -21,8 +22,8 @@ if [[ ! -f "$stamp" ]]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     -r "$here/requirements.txt" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "numpy>=1.26,<3" "scipy>=1.11" "pillow>=10" tqdm requests >&2
-  "$venv/bin/python" -c "import torch, cleanfid.fid" >&2
+    "numpy>=1.26,<3" "scipy>=1.11,<1.18" "pillow>=10" tqdm requests >&2
+  "$venv/bin/python" -c "import torch, cleanfid.fid, pytorch_fid.fid_score" >&2
   touch "$stamp"
 fi
 echo "$venv/bin/python"

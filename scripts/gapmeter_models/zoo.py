@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import calibration_images, recalibrate_batchnorm
+from .export import seeded_untrained
 from .inception_fid import FIDInceptionV3
 
 # pytorch-fid 0.3.0, pytorch_fid/inception.py: FID_WEIGHTS_URL.
@@ -41,7 +41,7 @@ def build_inception(trained, seed, weights=None):
         # strict: the parameter names were written to follow pytorch-fid's state dict exactly.
         model.load_state_dict(state, strict=True)
     else:
-        recalibrate_batchnorm(model, calibration_images(48, 299, seed + 1))
+        seeded_untrained(model, seed, calibration=48, size=299)
     mid = _suffix("inception-v3-fid", trained)
     what = ("pytorch-fid's FID Inception-v3 (TF-ported 2015-12-05 weights)" if trained
             else "pytorch-fid's FID Inception-v3 architecture, untrained (seeded)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/extractors/: two generated image sets and the FID that clean-fid and
 pytorch-fid give for them with the untrained, seeded FID Inception of scripts/export_models.py.
-tests/extractors_parity.rs re-exports that model, runs `gapmeter score` with both of its manifests
+tests/extractors.rs re-exports that model, runs `gapmeter score` with both of its manifests
 and compares.
 
 * clean-fid 0.1.35: compute_fid(mode="clean", custom_feat_extractor=...): clean-fid resizes with

@@ -1,4 +1,5 @@
-//! Datasets: create (empty or from a URI), list, show, list images, upload images, delete.
+//! Datasets: create (empty or from a URI), list, show, list images, upload images, delete, and
+//! download their FID statistics.
 use std::io::Write;
 
 use axum::extract::multipart::MultipartRejection;
@@ -9,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{check_name, multipart_rejection, ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal};
+use crate::features::Registry;
 use crate::ingest::{self, looks_like_archive, IngestError, IngestSummary, Ingestor, Outcome};
-use crate::jobs::{IngestSpec, JobKind};
+use crate::jobs::{self, IngestSpec, JobKind};
 use crate::store::{
-    self, Dataset, DatasetId, DatasetImage, DatasetStatus, Enqueued, JobId, NewJob, Scope,
+    self, CacheScope, Dataset, DatasetId, DatasetImage, DatasetStatus, Enqueued, JobId, NewJob,
+    Scope,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -74,6 +77,15 @@ pub struct ImagePageQuery {
     /// Items per page (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsQuery {
+    /// Extractor id (see `GET /v1/extractors`) [default: the service's default].
+    #[param(max_length = 200)]
+    pub extractor: Option<String>,
 }
 
 fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -235,6 +247,76 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("dataset"))
     }
+}
+
+/// `GET /v1/datasets/{id}/statistics`: the dataset's FID statistics with one extractor, as the
+/// `.npz` pytorch-fid and clean-fid write (`mu`, `sigma`; float64), which `gapmeter score`,
+/// `calculate_frechet_distance` and clean-fid's custom statistics read. They exist once a job with
+/// FID has read the whole dataset with that extractor (409 before); the `Gapmeter-Samples`
+/// header gives the number of images they summarise.
+#[utoipa::path(get, path = "/v1/datasets/{id}/statistics", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id"), StatisticsQuery),
+    responses((status = 200, description = "an .npz with `mu` (d) and `sigma` (d×d), float64", content_type = "application/octet-stream", body = Vec<u8>,
+        headers(("Content-Disposition" = String, description = "attachment; filename=\"<dataset>-<extractor>.npz\""), ("Gapmeter-Samples" = u64, description = "images summarised"))),
+        (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json", description = "not computed yet: run a job with FID on this dataset first"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn statistics(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(id): ApiPath<DatasetId>,
+    ApiQuery(q): ApiQuery<StatisticsQuery>,
+) -> Result<(HeaderMap, Vec<u8>), ApiError> {
+    let team = who.team(Scope::Read)?;
+    let ds = store::get_dataset(&state.pool, team, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset"))?;
+    let manifest = jobs::extractor(
+        q.extractor.as_deref(),
+        &Registry::new(state.models_dir.clone()),
+    )?;
+    let not_yet = || {
+        ApiError::Conflict(format!(
+            "dataset {:?} has no statistics with extractor {:?} yet: the first job with FID that \
+             reads the whole dataset with that extractor computes them (POST /v1/jobs)",
+            ds.name, manifest.id
+        ))
+    };
+    let hash = ds.content_hash.as_deref().ok_or_else(not_yet)?;
+    let scope = CacheScope::for_team(team, state.config.cache.share_across_teams);
+    let stats = jobs::cached_statistics(&state.pool, scope, &manifest, hash)
+        .await?
+        .filter(|s| s.n() >= 2)
+        .ok_or_else(not_yet)?;
+    let n = stats.n();
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::score::statistics_npz(&stats.gaussian()))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    let file = format!("{}-{}.npz", file_stem(&ds.name), file_stem(&manifest.id));
+    if let Ok(v) = format!("attachment; filename=\"{file}\"").parse() {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert("gapmeter-samples", n.into());
+    Ok((headers, bytes))
+}
+
+/// `name` with everything but ASCII letters, digits, `.`, `-` and `_` replaced by `_`: safe in a
+/// quoted `Content-Disposition` file name on every platform.
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Multipart upload, documented for OpenAPI: any number of `file` parts.

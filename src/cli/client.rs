@@ -84,6 +84,18 @@ pub enum ClientCommand {
     },
     /// Cancel a job.
     Cancel { id: String },
+    /// Download a dataset's FID statistics as an .npz (`mu`, `sigma`: pytorch-fid / clean-fid
+    /// format). They exist once a job with FID has read the whole dataset with that extractor.
+    Stats {
+        /// Dataset id or name.
+        dataset: String,
+        /// Extractor id [default: the service's default].
+        #[arg(long, short = 'x')]
+        extractor: Option<String>,
+        /// The .npz to write.
+        #[arg(long, short = 'o')]
+        output: std::path::PathBuf,
+    },
 }
 
 /// Options of a submitted job.
@@ -220,6 +232,11 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
                 format,
             } => upload(&client, &name, &folder, dataset.as_deref(), format).await,
             ClientCommand::Datasets { format } => datasets(&client, format).await,
+            ClientCommand::Stats {
+                dataset,
+                extractor,
+                output,
+            } => statistics(&client, &dataset, extractor.as_deref(), &output).await,
             ClientCommand::Score {
                 source,
                 target,
@@ -344,6 +361,42 @@ async fn submit(client: &Client, path: &str, body: &Value, job: &JobArgs) -> any
     eprintln!("job {id} {}", created["status"].as_str().unwrap_or(""));
     let done = follow(client, id, !job.no_progress).await?;
     print_job(&done, job.format)
+}
+
+async fn statistics(
+    client: &Client,
+    dataset: &str,
+    extractor: Option<&str>,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    let id = client.dataset_id(dataset).await?;
+    let mut req = client
+        .http
+        .get(client.url(&format!("/v1/datasets/{id}/statistics")));
+    if let Some(x) = extractor {
+        req = req.query(&[("extractor", x)]);
+    }
+    let resp = client.send(req).await?;
+    let samples = resp
+        .headers()
+        .get("gapmeter-samples")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string();
+    let bytes = resp.bytes().await.context("reading the statistics")?;
+    // Checked before writing: the file must be one `gapmeter score` and numpy can read.
+    let tmp = output.with_extension("npz.part");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = crate::score::read_statistics(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context("the service sent statistics that do not read back"));
+    }
+    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "{dataset}: statistics of {samples} images -> {}",
+        output.display()
+    );
+    Ok(())
 }
 
 /// Follows the job's event stream to its end (reconnecting with `Last-Event-ID` if the stream

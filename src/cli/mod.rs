@@ -25,6 +25,9 @@ pub enum Command {
     Extract(score::ExtractArgs),
     /// Pairwise gap table between two or more sets, each extracted once.
     Matrix(score::MatrixArgs),
+    /// FID statistics as files: `stats export SOURCE -o stats.npz` (pytorch-fid / clean-fid format).
+    #[command(subcommand)]
+    Stats(score::StatsCommand),
     /// Run the HTTP service (with an in-process worker unless --no-worker).
     Serve(service::ServeArgs),
     /// Run jobs from the queue; any number of workers on any hosts can share one database.
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Matrix(args) => score::run_matrix(args),
         Command::Extract(args) => score::run_extract(args),
+        Command::Stats(cmd) => score::run_stats(cmd),
         Command::Serve(args) => service::serve(args),
         Command::Worker(args) => service::worker(args),
         Command::Migrate(args) => service::migrate(args),

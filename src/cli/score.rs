@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::features::{default_models_dir, BatchSize, DeviceSpec, Devices, Precision, Registry};
 use crate::metrics::{
@@ -164,6 +164,27 @@ pub struct ExtractArgs {
     pub extraction: ExtractionArgs,
 }
 
+/// `gapmeter stats ...`: FID statistics as files.
+#[derive(Debug, Subcommand)]
+pub enum StatsCommand {
+    /// Write the FID statistics of SOURCE to an .npz with `mu` and `sigma` (float64), exactly as
+    /// pytorch-fid and clean-fid store them, so their `calculate_frechet_distance` and
+    /// `gapmeter score` read it.
+    Export(StatsExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsExportArgs {
+    /// An image folder (through the extractor, as `score` reads it), an .npy of N×d features, or
+    /// an .npz of statistics (rewritten as float64).
+    pub source: String,
+    /// The .npz to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub extraction: ExtractionArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
     /// Two or more sets (folders, .npy, .npz): every pair is scored, each set extracted once.
@@ -301,6 +322,39 @@ pub fn run_extract(args: ExtractArgs) -> anyhow::Result<()> {
         set.features.nrows(),
         set.features.ncols(),
         set.skipped.len()
+    );
+    Ok(())
+}
+
+pub fn run_stats(cmd: StatsCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let StatsCommand::Export(args) = cmd;
+    let opts = args.extraction.options();
+    let (gaussian, set) = crate::score::statistics(&args.source, &opts)?;
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
+    }
+    // Written beside the destination and renamed, so a failed export leaves no partial file.
+    let dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    crate::score::write_statistics(&gaussian, tmp.as_file_mut())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    tmp.persist(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let n = set
+        .provenance
+        .count
+        .map_or_else(|| "statistics".to_string(), |n| format!("{n} samples"));
+    eprintln!(
+        "{} ({n}, d = {}) -> {}",
+        args.source,
+        gaussian.mean.len(),
+        args.output.display()
     );
     Ok(())
 }

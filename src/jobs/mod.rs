@@ -7,8 +7,8 @@ mod spec;
 mod work;
 
 pub use spec::{
-    has_output, Bootstrap, IngestSpec, Invalid, IsOptions, JobSpec, KidOptions, MatrixRequest,
-    MmdOptions, Parameters, PrdcOptions, ScoreRequest, SymmetricMetric,
+    extractor, has_output, Bootstrap, IngestSpec, Invalid, IsOptions, JobSpec, KidOptions,
+    MatrixRequest, MmdOptions, Parameters, PrdcOptions, ScoreRequest, SymmetricMetric,
 };
 pub use work::{IngestWork, Work};
 
@@ -17,7 +17,8 @@ pub use crate::store::JobKind;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::features::Manifest;
+use crate::features::{Manifest, Precision};
+use crate::metrics::FeatureStats;
 use crate::store::{self, CacheScope};
 
 /// The result of `spec` on exactly these contents (each dataset's content hash, in the spec's
@@ -34,4 +35,24 @@ pub async fn cached_result(
     let key = spec.result_key(contents, &manifest.cache_key());
     let hit = store::cached_result(pool, scope, &key).await?;
     Ok((key, hit))
+}
+
+/// The statistics of the content features (float32 models) that an earlier job computed for
+/// exactly this content with this extractor: what FID-only jobs reuse, and what
+/// `GET /v1/datasets/{id}/statistics` serves. `None` until a job with FID has read the whole
+/// dataset.
+pub async fn cached_statistics(
+    pool: &PgPool,
+    scope: CacheScope,
+    manifest: &Manifest,
+    content_hash: &str,
+) -> anyhow::Result<Option<FeatureStats>> {
+    store::cached_stats(
+        pool,
+        scope,
+        &manifest.features_key(Precision::Fp32),
+        manifest.feature_output(),
+        content_hash,
+    )
+    .await
 }

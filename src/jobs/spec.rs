@@ -428,7 +428,8 @@ fn resolve_metrics(requested: Option<&[MetricName]>) -> Result<Vec<MetricName>, 
 }
 
 /// A registered extractor by id, never a path (see [`Naming::IdOnly`]).
-fn extractor(requested: Option<&str>, registry: &Registry) -> Result<Manifest, Invalid> {
+/// The service's extractor for a request: a registered id (never a path), else the default.
+pub fn extractor(requested: Option<&str>, registry: &Registry) -> Result<Manifest, Invalid> {
     resolve_extractor(requested, registry, Naming::IdOnly).map_err(|e| invalid(e.to_string()))
 }
 

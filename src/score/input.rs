@@ -3,9 +3,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use ndarray::{Array1, Array2};
-use ndarray_npy::{NpzReader, ReadNpyExt};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpyExt};
 use std::borrow::Cow;
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -342,10 +342,52 @@ pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
     Ok(g)
 }
 
+/// Writes `g` as pytorch-fid and clean-fid store statistics: an uncompressed `.npz` (what
+/// `np.savez` writes) with `mu`, float64 of length d, and `sigma`, float64 d×d (the unbiased
+/// covariance, `np.cov(features, rowvar=False)`). [`read_statistics`] reads it back exactly.
+pub fn write_statistics<W: Write + Seek>(g: &Gaussian, out: W) -> anyhow::Result<()> {
+    let d = g.validate()?;
+    let mu = Array1::from(g.mean.clone());
+    let sigma = Array2::from_shape_vec((d, d), g.cov.clone()).context("sigma's shape")?;
+    let mut npz = NpzWriter::new(out);
+    npz.add_array("mu", &mu).context("writing mu")?;
+    npz.add_array("sigma", &sigma).context("writing sigma")?;
+    npz.finish().context("finishing the .npz")?;
+    Ok(())
+}
+
+/// [`write_statistics`] into memory, for an HTTP response.
+pub fn statistics_npz(g: &Gaussian) -> anyhow::Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    write_statistics(g, &mut buf)?;
+    Ok(buf.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray_npy::WriteNpyExt;
+
+    #[test]
+    fn statistics_written_as_npz_read_back_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let features = Array2::from_shape_fn((7, 3), |(i, j)| (i * i) as f64 * 0.37 - j as f64);
+        let g = FeatureStats::from_features(features.view())
+            .unwrap()
+            .gaussian();
+        let path = dir.path().join("s.npz");
+        write_statistics(&g, std::fs::File::create(&path).unwrap()).unwrap();
+        let back = read_statistics(&path).unwrap();
+        assert_eq!(back.mean, g.mean);
+        assert_eq!(back.cov, g.cov);
+        assert_eq!(statistics_npz(&g).unwrap(), std::fs::read(&path).unwrap());
+        // A Gaussian whose covariance is not d×d is refused, not written.
+        let bad = Gaussian {
+            cov: vec![1.0; 4],
+            ..g
+        };
+        assert!(statistics_npz(&bad).is_err());
+    }
 
     fn write<T: ndarray_npy::WritableElement>(dir: &Path, name: &str, a: &Array2<T>) -> PathBuf {
         let path = dir.join(name);

@@ -26,7 +26,10 @@ pub use extract::{
     extract_folder, precision_warning, ExtractOptions, ExtractedSet, Skipped, LOGITS_OUTPUT,
     STYLE_OUTPUT,
 };
-pub use input::{read_features, read_statistics, InputKind, LoadedSet, SetData, SetProvenance};
+pub use input::{
+    read_features, read_statistics, statistics_npz, write_statistics, InputKind, LoadedSet,
+    SetData, SetProvenance,
+};
 pub use report::{ExtractorInfo, ImageScore, MatrixReport, Overlap, PerImage, Report, Software};
 
 /// Everything that decides a score.
@@ -419,6 +422,20 @@ fn load_sets(
         );
     }
     Ok((extractor, sets))
+}
+
+/// The Gaussian (mean, covariance) of one input as `gapmeter score` computes it for FID: a
+/// folder through the extractor (same resolution, engine, order and skipped files), an `.npy`
+/// of features, or an `.npz` read back. Returns the set too, for its provenance and warnings.
+pub fn statistics(
+    input: &str,
+    opts: &ScoreOptions,
+) -> anyhow::Result<(metrics::Gaussian, LoadedSet)> {
+    let mut warnings = Vec::new();
+    let (_, mut sets) = load_sets(&[input], &[MetricName::Fid], opts, &mut warnings)?;
+    let set = sets.pop().context("no set loaded")?;
+    let gaussian = set.data.gaussian()?;
+    Ok((gaussian, set))
 }
 
 /// Extracts the content features of the images under `dir` exactly as `gapmeter score` does

@@ -299,3 +299,53 @@ pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// A Python with pytorch-fid 0.3.0 and numpy: the small reference venv of
+/// `scripts/bench/setup.sh` (over the libtorch venv's torch; `make test` runs the tests through
+/// scripts/with-libtorch.sh, which it needs).
+pub fn reference_python() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("scripts/bench/setup.sh"))
+        .output()
+        .expect("running scripts/bench/setup.sh");
+    assert!(
+        out.status.success(),
+        "scripts/bench/setup.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// pytorch-fid's `calculate_frechet_distance` on two `.npz` files, after checking they hold what
+/// pytorch-fid writes: float64 `mu` (d) and `sigma` (d×d).
+pub fn pytorch_fid_of_npz(a: &Path, b: &Path) -> f64 {
+    const SCRIPT: &str = r#"
+import sys, numpy as np
+from pytorch_fid.fid_score import calculate_frechet_distance
+s = []
+for path in sys.argv[1:]:
+    with np.load(path) as f:
+        assert sorted(f.files) == ['mu', 'sigma'], f.files
+        mu, sigma = f['mu'], f['sigma']
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64, (mu.dtype, sigma.dtype)
+    assert mu.ndim == 1 and sigma.shape == (mu.shape[0], mu.shape[0]), (mu.shape, sigma.shape)
+    s += [mu, sigma]
+print(repr(float(calculate_frechet_distance(*s))))
+"#;
+    let out = std::process::Command::new(reference_python())
+        .args(["-c", SCRIPT])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pytorch-fid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

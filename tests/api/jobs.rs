@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use super::helpers::{folder, gapmeter_cli, png, root, spawn_jobs, TestApp};
+use super::helpers::{folder, gapmeter_cli, png, pytorch_fid_of_npz, root, spawn_jobs, TestApp};
 
 /// Submits a job and returns its JSON (202 expected).
 async fn submit(app: &TestApp, key: &str, body: &Value) -> Value {
@@ -1165,4 +1165,166 @@ async fn a_reduced_precision_job_reports_its_deviation_and_keeps_its_features_ap
     // An unknown precision is refused before anything is queued.
     let resp = app.post_json("/v1/jobs", &key, &request(Some("fp8"))).await;
     assert_eq!(resp.status(), 422);
+}
+
+/// Statistics travel as pytorch-fid's `.npz`: `gapmeter stats export` of two folders gives files
+/// on which pytorch-fid's `calculate_frechet_distance` equals `gapmeter score` of the folders; the
+/// service serves the same statistics for its datasets once a FID job has read them (409 before,
+/// 404 to another team, 422 for an unknown extractor), and pytorch-fid on the downloads equals
+/// the job's FID. `gapmeter client stats` writes the same file.
+#[sqlx::test]
+async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let (_, other) = app.team("other").await;
+    // More images than tiny-cnn's 128 dimensions, so the covariances are not singular, and two
+    // clearly different sets: scipy's sqrtm (pytorch-fid) loses about 1e-7 in absolute terms,
+    // which a FID near zero would turn into a large relative difference.
+    let other_pattern = |i: u32| {
+        let img = image::RgbImage::from_fn(24 + i % 13, 20 + i % 7, |x, y| {
+            image::Rgb([
+                255 - ((x * 9 + i) % 256) as u8,
+                ((y * 13) % 256) as u8,
+                (i * 31 % 256) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        (format!("b{i:03}.png"), out)
+    };
+    let (a_files, b_files): (Vec<_>, Vec<_>) =
+        (pngs("a", 320, 0), (0..300).map(other_pattern).collect());
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, files) in [("a", &a_files), ("b", &b_files)] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(sub).join(name), bytes).unwrap();
+        }
+    }
+    let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
+    for sub in ["a", "b"] {
+        cli(&[
+            "stats",
+            "export",
+            sub,
+            "-o",
+            &format!("{sub}.npz"),
+            "-x",
+            "tiny-cnn",
+            "--no-progress",
+        ]);
+    }
+    let npz = |name: &str| dir.path().join(name);
+    let scored: Value = serde_json::from_str(&cli(&[
+        "score",
+        "a",
+        "b",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid",
+        "--format",
+        "json",
+        "--no-progress",
+    ]))
+    .unwrap();
+    let cli_fid = scored["metrics"]["fid"]["value"].as_f64().unwrap();
+    let reference = pytorch_fid_of_npz(&npz("a.npz"), &npz("b.npz"));
+    eprintln!("pytorch-fid on exported files {reference}, gapmeter score {cli_fid}");
+    assert!(
+        (reference - cli_fid).abs() <= 1e-6 * cli_fid.abs(),
+        "pytorch-fid {reference} vs gapmeter {cli_fid}"
+    );
+    // `score` reads the exported files back to the same FID.
+    let from_files: Value =
+        serde_json::from_str(&cli(&["score", "a.npz", "b.npz", "--format", "json"])).unwrap();
+    let v = from_files["metrics"]["fid"]["value"].as_f64().unwrap();
+    assert!(
+        (v - cli_fid).abs() <= 1e-9 * cli_fid.abs(),
+        "{v} vs {cli_fid}"
+    );
+
+    // The service: nothing to download before a job with FID has read the dataset.
+    let a = dataset_from(&app, &key, "A", a_files.clone()).await;
+    let b = dataset_from(&app, &key, "B", b_files.clone()).await;
+    let path = |id: &str| format!("/v1/datasets/{id}/statistics?extractor=tiny-cnn");
+    let r = app.get(&path(&a), &key).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["detail"].as_str().unwrap().contains("POST /v1/jobs"),
+        "{p}"
+    );
+    let request = json!({"source": a, "target": b, "extractor": "tiny-cnn", "metrics": ["fid"]});
+    let job = submit(&app, &key, &request).await;
+    let (_, done) = follow(&app, &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let job_fid = done["result"]["metrics"]["fid"]["value"].as_f64().unwrap();
+
+    for (id, name, n) in [(&a, "A", 320), (&b, "B", 300)] {
+        let r = app.get(&path(id), &key).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+        assert_eq!(
+            r.headers()["content-disposition"],
+            format!("attachment; filename=\"{name}-tiny-cnn.npz\"").as_str()
+        );
+        assert_eq!(r.headers()["gapmeter-samples"], n.to_string().as_str());
+        std::fs::write(npz(&format!("{name}.npz")), r.bytes().await.unwrap()).unwrap();
+        // Another team cannot tell the dataset exists.
+        assert_eq!(app.get(&path(id), &other).await.status(), 404);
+    }
+    let served = pytorch_fid_of_npz(&npz("A.npz"), &npz("B.npz"));
+    eprintln!("pytorch-fid on downloads {served}, the job {job_fid}");
+    assert!(
+        (served - job_fid).abs() <= 1e-6 * job_fid.abs(),
+        "pytorch-fid {served} vs the job {job_fid}"
+    );
+    // The service's statistics are the CLI's (same files, same model; the forward passes may be
+    // batched differently, which moves float32 features by rounding only).
+    for (served, exported) in [("A.npz", "a.npz"), ("B.npz", "b.npz")] {
+        let s = gapmeter::score::read_statistics(&npz(served)).unwrap();
+        let e = gapmeter::score::read_statistics(&npz(exported)).unwrap();
+        let scale = e.cov.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let worst = s
+            .mean
+            .iter()
+            .zip(&e.mean)
+            .chain(s.cov.iter().zip(&e.cov))
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{served}: differs by {worst} (scale {scale})"
+        );
+    }
+    assert_eq!(
+        app.get(
+            &format!("/v1/datasets/{a}/statistics?extractor=no-such-model"),
+            &key
+        )
+        .await
+        .status(),
+        422
+    );
+
+    // The client command downloads the same bytes, by dataset name (without blocking the
+    // runtime the service runs on).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+        .args(["client", "--url", &app.base, "--key", &key])
+        .args(["stats", "A", "-x", "tiny-cnn", "-o", "client.npz"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(npz("client.npz")).unwrap(),
+        std::fs::read(npz("A.npz")).unwrap()
+    );
 }
