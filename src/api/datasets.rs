@@ -14,8 +14,8 @@ use crate::features::Registry;
 use crate::ingest::{self, looks_like_archive, IngestError, IngestSummary, Ingestor, Outcome};
 use crate::jobs::{self, IngestSpec, JobKind};
 use crate::store::{
-    self, CacheScope, Dataset, DatasetId, DatasetImage, DatasetStatus, Enqueued, JobId, NewJob,
-    Scope,
+    self, CacheScope, Dataset, DatasetId, DatasetImage, DatasetKind, DatasetStatus, Enqueued,
+    JobId, NewJob, Scope,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -274,6 +274,20 @@ pub async fn statistics(
         q.extractor.as_deref(),
         &Registry::new(state.models_dir.clone()),
     )?;
+    if ds.kind == DatasetKind::Statistics {
+        let g = store::registered_statistics(&state.pool, ds.id, &manifest.id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "dataset {:?} has statistics for {:?} only, not for extractor {:?}",
+                    ds.name, ds.statistics, manifest.id
+                ))
+            })?;
+        let bytes = tokio::task::spawn_blocking(move || crate::score::statistics_npz(&g))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
+        return Ok((npz_headers(&ds.name, &manifest.id, None), bytes));
+    }
     let not_yet = || {
         ApiError::Conflict(format!(
             "dataset {:?} has no statistics with extractor {:?} yet: the first job with FID that \
@@ -292,17 +306,75 @@ pub async fn statistics(
         tokio::task::spawn_blocking(move || crate::score::statistics_npz(&stats.gaussian()))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok((npz_headers(&ds.name, &manifest.id, Some(n)), bytes))
+}
+
+fn npz_headers(dataset: &str, extractor: &str, samples: Option<u64>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
-    let file = format!("{}-{}.npz", file_stem(&ds.name), file_stem(&manifest.id));
+    let file = format!("{}-{}.npz", file_stem(dataset), file_stem(extractor));
     if let Ok(v) = format!("attachment; filename=\"{file}\"").parse() {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    headers.insert("gapmeter-samples", n.into());
-    Ok((headers, bytes))
+    if let Some(n) = samples {
+        headers.insert("gapmeter-samples", n.into());
+    }
+    headers
+}
+
+/// `PUT /v1/datasets/{id}/statistics?extractor=…`: registers FID statistics, e.g. a benchmark's
+/// published reference `.npz` (`mu`, `sigma`; float32 or float64, as pytorch-fid and clean-fid
+/// write them), on an empty dataset, which becomes a `statistics` dataset: a job's source or
+/// target for FID with that extractor (other metrics answer 422), never given images. Putting
+/// the same extractor again replaces its statistics.
+#[utoipa::path(put, path = "/v1/datasets/{id}/statistics", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id"), StatisticsQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "an .npz with `mu` (d) and `sigma` (d×d)"),
+    responses((status = 200, body = Dataset), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json", description = "the dataset holds images or is not ready"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json", description = "not an .npz with mu and sigma, or an unknown extractor")),
+    security(("bearer" = [])))]
+pub async fn register_statistics(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(id): ApiPath<DatasetId>,
+    ApiQuery(q): ApiQuery<StatisticsQuery>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Dataset>, ApiError> {
+    let team = who.team(Scope::Write)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("statistics exceed the request size limit: {e}"))
+        } else {
+            ApiError::BadRequest(format!("unreadable body: {e}"))
+        }
+    })?;
+    if store::get_dataset(&state.pool, team, id).await?.is_none() {
+        return Err(ApiError::not_found("dataset"));
+    }
+    let manifest = jobs::extractor(
+        q.extractor.as_deref(),
+        &Registry::new(state.models_dir.clone()),
+    )?;
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    let gaussian = tokio::task::spawn_blocking(move || {
+        crate::score::read_statistics_from(std::io::Cursor::new(body), "the uploaded file")
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::Unprocessable(format!("{e:#}")))?;
+    let ds = store::register_statistics(&state.pool, team, id, &manifest.id, &gaussian, &sha256)
+        .await
+        .map_err(|e| match e {
+            store::RegisterError::NotFound => ApiError::not_found("dataset"),
+            store::RegisterError::Conflict(m) => ApiError::Conflict(m),
+            store::RegisterError::Db(e) => e.into(),
+        })?;
+    Ok(Json(ds))
 }
 
 /// `name` with everything but ASCII letters, digits, `.`, `-` and `_` replaced by `_`: safe in a
@@ -351,6 +423,13 @@ pub async fn upload(
         return Err(ApiError::Conflict(format!(
             "dataset {:?} is {}: files can be added to a ready dataset only",
             ds.name, ds.status
+        )));
+    }
+    if ds.kind == DatasetKind::Statistics {
+        return Err(ApiError::Conflict(format!(
+            "dataset {:?} holds registered statistics, not images: upload images to another \
+             dataset",
+            ds.name
         )));
     }
     let limits = &state.config.limits;

@@ -13,9 +13,10 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal, Problem};
 use crate::features::Registry;
 use crate::jobs::{self, JobSpec, MatrixRequest, ScoreRequest, Work};
+use crate::score::MetricName;
 use crate::store::{
-    self, CacheScope, CancelOutcome, DatasetId, DatasetStatus, Enqueued, Failure, FailureKind,
-    Finished, Job, JobFilter, JobId, JobStatus, NewJob, Scope, TeamId,
+    self, CacheScope, CancelOutcome, DatasetId, DatasetKind, DatasetStatus, Enqueued, Failure,
+    FailureKind, Finished, Job, JobFilter, JobId, JobStatus, NewJob, Scope, TeamId,
 };
 
 /// Header naming a client-chosen key that makes a submission safe to retry.
@@ -182,7 +183,9 @@ async fn submit(
                 }
             )));
         }
-        if ds.image_count == 0 {
+        if ds.kind == DatasetKind::Statistics {
+            statistics_only(&spec, &ds)?;
+        } else if ds.image_count == 0 {
             return Err(ApiError::Unprocessable(format!(
                 "dataset {:?} ({id}) has no images",
                 ds.name
@@ -233,6 +236,34 @@ async fn submit(
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok((StatusCode::ACCEPTED, headers, Json(job.into())))
+}
+
+/// A statistics dataset answers FID with an extractor it has statistics for, and nothing that
+/// needs its samples.
+fn statistics_only(spec: &JobSpec, ds: &store::Dataset) -> Result<(), ApiError> {
+    if let Some(m) = spec.metrics.iter().find(|m| **m != MetricName::Fid) {
+        return Err(ApiError::Unprocessable(format!(
+            "dataset {:?} ({}) holds only statistics (mu, sigma): FID is the only metric it can \
+             answer, not {} (request \"metrics\": [\"fid\"])",
+            ds.name,
+            ds.id,
+            m.as_str()
+        )));
+    }
+    if spec.bootstrap.is_some() || spec.infinity_points.is_some() || spec.top_k.is_some() {
+        return Err(ApiError::Unprocessable(format!(
+            "dataset {:?} ({}) holds only statistics: bootstrap, infinity_points and top_k need \
+             its samples",
+            ds.name, ds.id
+        )));
+    }
+    if !ds.statistics.contains(&spec.extractor) {
+        return Err(ApiError::Unprocessable(format!(
+            "dataset {:?} ({}) has statistics for {:?} only, not for extractor {:?}",
+            ds.name, ds.id, ds.statistics, spec.extractor
+        )));
+    }
+    Ok(())
 }
 
 /// `GET /v1/jobs/{id}`: status, progress, timings, and the result or the error.

@@ -80,14 +80,14 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
     paths(
         health::healthz, health::readyz, telemetry::metrics,
         teams::create_team, teams::create_key, teams::revoke_key,
-        datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics,
+        datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics, datasets::register_statistics,
         jobs::create, jobs::create_matrix, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
     ),
     components(schemas(
         Problem, health::Health, health::Readiness,
         teams::CreateTeam, teams::CreateKey, crate::store::Team, crate::store::ApiKey, crate::store::NewKey, crate::store::Scope,
         datasets::CreateDataset, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
-        crate::store::Dataset, crate::store::DatasetStatus, crate::store::DatasetImage, crate::store::FormatCount,
+        crate::store::Dataset, crate::store::DatasetStatus, crate::store::DatasetKind, crate::store::DatasetImage, crate::store::FormatCount,
         crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
         jobs::JobPage, jobs::JobResource, jobs::ExtractorSummary, crate::store::Job, crate::store::JobKind, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
         crate::jobs::ScoreRequest, crate::jobs::MatrixRequest, crate::jobs::Parameters, crate::jobs::KidOptions, crate::jobs::IsOptions,
@@ -141,7 +141,12 @@ pub fn router(state: AppState) -> Router {
                 .post(datasets::upload)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route("/datasets/{id}/statistics", get(datasets::statistics))
+        .route(
+            "/datasets/{id}/statistics",
+            get(datasets::statistics)
+                .put(datasets::register_statistics)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/jobs", post(jobs::create).get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))

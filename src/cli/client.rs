@@ -96,6 +96,19 @@ pub enum ClientCommand {
         #[arg(long, short = 'o')]
         output: std::path::PathBuf,
     },
+    /// Register reference statistics (an .npz with mu and sigma, e.g. a benchmark's published
+    /// file) as a new statistics dataset: a FID source or target for jobs with that extractor.
+    RegisterStats {
+        /// Name of the new dataset.
+        name: String,
+        /// The .npz (pytorch-fid / clean-fid format).
+        file: std::path::PathBuf,
+        /// The extractor the statistics were computed with.
+        #[arg(long, short = 'x')]
+        extractor: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 /// Options of a submitted job.
@@ -237,6 +250,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
                 extractor,
                 output,
             } => statistics(&client, &dataset, extractor.as_deref(), &output).await,
+            ClientCommand::RegisterStats {
+                name,
+                file,
+                extractor,
+                format,
+            } => register_statistics(&client, &name, &file, &extractor, format).await,
             ClientCommand::Score {
                 source,
                 target,
@@ -361,6 +380,54 @@ async fn submit(client: &Client, path: &str, body: &Value, job: &JobArgs) -> any
     eprintln!("job {id} {}", created["status"].as_str().unwrap_or(""));
     let done = follow(client, id, !job.no_progress).await?;
     print_job(&done, job.format)
+}
+
+async fn register_statistics(
+    client: &Client,
+    name: &str,
+    file: &Path,
+    extractor: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    // Checked here first, so a wrong file does not leave an empty dataset behind.
+    crate::score::read_statistics(file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let ds = client
+        .post("/v1/datasets", &json!({ "name": name }), &[])
+        .await?;
+    let id = ds["id"]
+        .as_str()
+        .context("the service returned no dataset id")?;
+    let req = client
+        .http
+        .put(client.url(&format!("/v1/datasets/{id}/statistics")))
+        .query(&[("extractor", extractor)])
+        .header("content-type", "application/octet-stream")
+        .body(bytes);
+    let registered: Value = match client.send(req).await {
+        Ok(resp) => resp.json().await?,
+        Err(e) => {
+            // Nothing half made: the empty dataset goes again.
+            let _ = client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/datasets/{id}"))),
+                )
+                .await;
+            return Err(e);
+        }
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&registered)?),
+        Format::Table => println!(
+            "{}  {}  statistics for {}",
+            registered["id"].as_str().unwrap_or_default(),
+            name,
+            registered["statistics"]
+        ),
+    }
+    Ok(())
 }
 
 async fn statistics(

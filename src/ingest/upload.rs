@@ -325,6 +325,10 @@ impl<'a> Ingestor<'a> {
             AddOutcome::Added => (Outcome::Accepted, None),
             AddOutcome::Duplicate => (Outcome::Duplicate, None),
             AddOutcome::Unchanged => (Outcome::Unchanged, None),
+            AddOutcome::StatisticsOnly => (
+                Outcome::Rejected,
+                Some("the dataset holds registered statistics, not images".to_string()),
+            ),
             AddOutcome::Conflict { existing } => (
                 Outcome::Rejected,
                 Some(format!(

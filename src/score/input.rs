@@ -303,14 +303,13 @@ fn npy_descr(header: &[u8]) -> anyhow::Result<String> {
 /// `mu` (d) and `sigma` (d×d) from a pytorch-fid / clean-fid `.npz`.
 pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut npz =
-        NpzReader::new(file).with_context(|| format!("{}: not an .npz archive", path.display()))?;
-    let ctx = |what: &str| {
-        format!(
-            "{}: expected `{what}` as a float32/float64 array",
-            path.display()
-        )
-    };
+    read_statistics_from(file, &path.display().to_string())
+}
+
+/// [`read_statistics`] from any reader (an upload); `what` names it in errors.
+pub fn read_statistics_from<R: Read + Seek>(reader: R, what: &str) -> anyhow::Result<Gaussian> {
+    let mut npz = NpzReader::new(reader).with_context(|| format!("{what}: not an .npz archive"))?;
+    let ctx = |name: &str| format!("{what}: expected `{name}` as a float32/float64 array");
     let mu: Array1<f64> = match npz.by_name::<_, ndarray::Ix1>("mu") {
         Ok(a) => a,
         Err(_) => npz
@@ -327,18 +326,14 @@ pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
     };
     let d = mu.len();
     if sigma.dim() != (d, d) {
-        bail!(
-            "{}: sigma is {:?} but mu has {d} entries",
-            path.display(),
-            sigma.dim()
-        );
+        bail!("{what}: sigma is {:?} but mu has {d} entries", sigma.dim());
     }
     let g = Gaussian {
         mean: mu.to_vec(),
         cov: sigma.as_standard_layout().iter().copied().collect(),
         n: None,
     };
-    g.validate().with_context(|| path.display().to_string())?;
+    g.validate().with_context(|| what.to_string())?;
     Ok(g)
 }
 

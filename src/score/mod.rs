@@ -27,8 +27,8 @@ pub use extract::{
     STYLE_OUTPUT,
 };
 pub use input::{
-    read_features, read_statistics, statistics_npz, write_statistics, InputKind, LoadedSet,
-    SetData, SetProvenance,
+    read_features, read_statistics, read_statistics_from, statistics_npz, write_statistics,
+    InputKind, LoadedSet, SetData, SetProvenance,
 };
 pub use report::{ExtractorInfo, ImageScore, MatrixReport, Overlap, PerImage, Report, Software};
 

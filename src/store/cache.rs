@@ -93,7 +93,7 @@ impl RowElement for f64 {
 }
 
 /// Encodes a row as little-endian bytes of `dtype`.
-fn encode<T: RowElement>(row: &[T], dtype: Dtype) -> Vec<u8> {
+pub(super) fn encode<T: RowElement>(row: &[T], dtype: Dtype) -> Vec<u8> {
     let mut out = Vec::with_capacity(row.len() * dtype.width());
     for &v in row {
         match dtype {
@@ -104,7 +104,7 @@ fn encode<T: RowElement>(row: &[T], dtype: Dtype) -> Vec<u8> {
     out
 }
 
-fn decode<T: RowElement>(bytes: &[u8], dtype: Dtype) -> Vec<T> {
+pub(super) fn decode<T: RowElement>(bytes: &[u8], dtype: Dtype) -> Vec<T> {
     match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

@@ -46,12 +46,42 @@ impl std::fmt::Display for DatasetStatus {
     }
 }
 
+/// What a dataset holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// Image files (uploaded or ingested): every metric.
+    Images,
+    /// Only registered FID statistics (`PUT /v1/datasets/{id}/statistics`): FID against it.
+    Statistics,
+}
+
+impl DatasetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::Images => "images",
+            DatasetKind::Statistics => "statistics",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "images" => DatasetKind::Images,
+            "statistics" => DatasetKind::Statistics,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Dataset {
     pub id: DatasetId,
     pub name: String,
     pub uri: Option<String>,
     pub status: DatasetStatus,
+    pub kind: DatasetKind,
+    /// Extractor ids with registered statistics (a `statistics` dataset only).
+    pub statistics: Vec<String>,
     /// Why ingesting the URI failed (status `failed`).
     pub error: Option<String>,
     /// The job ingesting `uri` (`GET /v1/jobs/{id}`).
@@ -63,7 +93,8 @@ pub struct Dataset {
     pub unique_images: i64,
     /// Bytes of every file, duplicates included.
     pub total_bytes: i64,
-    /// `blake3:` over the sorted hashes of every file; absent while the dataset is empty.
+    /// `blake3:` over the sorted hashes of every file; absent while the dataset is empty. For a
+    /// statistics dataset, `statistics:` over its registered files.
     pub content_hash: Option<String>,
     /// Files per format.
     pub formats: Vec<FormatCount>,
@@ -127,6 +158,8 @@ pub enum AddOutcome {
     Unchanged,
     /// The path holds other bytes: nothing changed.
     Conflict { existing: [u8; 32] },
+    /// The dataset holds registered statistics, never images: nothing changed.
+    StatisticsOnly,
 }
 
 type DatasetRow = (
@@ -142,9 +175,12 @@ type DatasetRow = (
     Option<String>,
     OffsetDateTime,
     OffsetDateTime,
+    String,
+    Vec<String>,
 );
 
-const DATASET_COLUMNS: &str = "id, name, uri, status, error, ingest_job, image_count, unique_images, total_bytes, content_hash, created_at, updated_at";
+const DATASET_COLUMNS: &str = "id, name, uri, status, error, ingest_job, image_count, unique_images, total_bytes, content_hash, created_at, updated_at, kind, \
+     ARRAY(SELECT s.extractor FROM dataset_statistics s WHERE s.dataset_id = datasets.id ORDER BY s.extractor)";
 
 fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
     let (
@@ -160,13 +196,17 @@ fn dataset(row: DatasetRow, formats: Vec<FormatCount>) -> Dataset {
         content_hash,
         created_at,
         updated_at,
+        kind,
+        statistics,
     ) = row;
     Dataset {
         id,
         name,
         uri,
-        // The CHECK constraint admits only known values.
+        // The CHECK constraints admit only known values.
         status: DatasetStatus::parse(&status).unwrap_or(DatasetStatus::Failed),
+        kind: DatasetKind::parse(&kind).unwrap_or(DatasetKind::Images),
+        statistics,
         error,
         ingest_job,
         image_count: image_count as i64,
@@ -347,6 +387,16 @@ pub async fn add_member(
     bytes: Bytes,
 ) -> anyhow::Result<AddOutcome> {
     let mut tx = pool.begin().await?;
+    // Shared with other uploads; registering statistics takes the row exclusively and checks
+    // there are no members, so a dataset never ends up with both.
+    let kind: Option<(String,)> =
+        sqlx::query_as("SELECT kind FROM datasets WHERE id = $1 FOR SHARE")
+            .bind(dataset)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if kind.is_some_and(|(k,)| DatasetKind::parse(&k) == Some(DatasetKind::Statistics)) {
+        return Ok(AddOutcome::StatisticsOnly);
+    }
     let existing: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT image_hash FROM dataset_images WHERE dataset_id = $1 AND path = $2")
             .bind(dataset)
@@ -440,7 +490,8 @@ pub async fn refresh_dataset(pool: &PgPool, id: DatasetId) -> sqlx::Result<()> {
         .collect::<std::collections::HashSet<_>>()
         .len();
     let content_hash = (!hashes.is_empty()).then(|| content::dataset_hash(hashes.iter().copied()));
-    sqlx::query("UPDATE datasets SET image_count = $2, unique_images = $3, total_bytes = $4, content_hash = $5, updated_at = now() WHERE id = $1")
+    // A statistics dataset's content hash is over its registered files, and it has no members.
+    sqlx::query("UPDATE datasets SET image_count = $2, unique_images = $3, total_bytes = $4, content_hash = $5, updated_at = now() WHERE id = $1 AND kind = 'images'")
         .bind(id)
         .bind(hashes.len() as i32)
         .bind(unique as i32)
@@ -682,6 +733,9 @@ pub struct Snapshot {
     pub id: DatasetId,
     pub name: String,
     pub status: DatasetStatus,
+    /// A statistics dataset has no images; its FID statistics are read with
+    /// [`registered_statistics`].
+    pub kind: DatasetKind,
     /// Every file in the order `gapmeter score` reads a folder holding them (by path, folder by
     /// folder; see [`content::folder_order`]), so row-order-dependent draws (KID subsets) agree.
     pub images: Vec<Member>,
@@ -709,15 +763,17 @@ pub async fn dataset_snapshot(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let head: Option<(String, String)> =
-        sqlx::query_as("SELECT name, status FROM datasets WHERE id = $1 AND team_id = $2")
-            .bind(id)
-            .bind(team)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((name, status)) = head else {
+    let head: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT name, status, kind, content_hash FROM datasets WHERE id = $1 AND team_id = $2",
+    )
+    .bind(id)
+    .bind(team)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((name, status, kind, stored_hash)) = head else {
         return Ok(None);
     };
+    let kind = DatasetKind::parse(&kind).unwrap_or(DatasetKind::Images);
     let rows: Vec<(Vec<u8>, String)> =
         sqlx::query_as("SELECT image_hash, path FROM dataset_images WHERE dataset_id = $1")
             .bind(id)
@@ -734,13 +790,144 @@ pub async fn dataset_snapshot(
         })
         .collect();
     images.sort_by(|a, b| content::folder_order(&a.path, &b.path));
-    let content_hash =
-        (!images.is_empty()).then(|| content::dataset_hash(images.iter().map(|m| m.hash)));
+    let content_hash = match kind {
+        DatasetKind::Statistics => stored_hash,
+        DatasetKind::Images => {
+            (!images.is_empty()).then(|| content::dataset_hash(images.iter().map(|m| m.hash)))
+        }
+    };
     Ok(Some(Snapshot {
         id,
         name,
         status: DatasetStatus::parse(&status).unwrap_or(DatasetStatus::Failed),
+        kind,
         images,
         content_hash,
     }))
+}
+
+/// Why statistics could not be registered.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// Not the team's dataset.
+    NotFound,
+    /// The dataset holds images, or is not ready.
+    Conflict(String),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for RegisterError {
+    fn from(e: sqlx::Error) -> Self {
+        RegisterError::Db(e)
+    }
+}
+
+/// Registers FID statistics (`mean`, row-major `cov`) computed with `extractor` for a dataset of
+/// `team` that has no images, making it a statistics dataset; replaces earlier statistics of the
+/// same extractor. The content hash becomes `statistics:` over every registered file's sha256,
+/// so cached results of the earlier statistics no longer match.
+pub async fn register_statistics(
+    pool: &PgPool,
+    team: TeamId,
+    id: DatasetId,
+    extractor: &str,
+    gaussian: &crate::metrics::Gaussian,
+    sha256: &str,
+) -> Result<Dataset, RegisterError> {
+    let mut tx = pool.begin().await?;
+    let head: Option<(String, String, i32)> = sqlx::query_as(
+        "SELECT name, status, image_count FROM datasets WHERE id = $1 AND team_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(team)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((name, status, _)) = head else {
+        return Err(RegisterError::NotFound);
+    };
+    if status != DatasetStatus::Ready.as_str() {
+        return Err(RegisterError::Conflict(format!(
+            "dataset {name:?} is {status}: statistics can be registered on a ready, empty dataset only"
+        )));
+    }
+    // Members, not the counter: the counter is refreshed after an upload's transactions.
+    let (members,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM dataset_images WHERE dataset_id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if members {
+        return Err(RegisterError::Conflict(format!(
+            "dataset {name:?} holds images: its statistics are computed by jobs \
+             (GET /v1/datasets/{{id}}/statistics); register statistics on a new, empty dataset"
+        )));
+    }
+    let d = gaussian.mean.len();
+    sqlx::query(
+        "INSERT INTO dataset_statistics (dataset_id, extractor, dim, mean, covariance, sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (dataset_id, extractor) DO UPDATE SET dim = $3, mean = $4, covariance = $5, \
+         sha256 = $6, created_at = now()",
+    )
+    .bind(id)
+    .bind(extractor)
+    .bind(d as i32)
+    .bind(super::cache::encode(&gaussian.mean, super::Dtype::F64))
+    .bind(super::cache::encode(&gaussian.cov, super::Dtype::F64))
+    .bind(sha256)
+    .execute(&mut *tx)
+    .await?;
+    let files: Vec<(String, String)> = sqlx::query_as(
+        "SELECT extractor, sha256 FROM dataset_statistics WHERE dataset_id = $1 ORDER BY extractor",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut h = blake3::Hasher::new();
+    for (x, sha) in &files {
+        h.update(x.as_bytes());
+        h.update(b"\0");
+        h.update(sha.as_bytes());
+        h.update(b"\n");
+    }
+    let content_hash = format!("statistics:{}", h.finalize().to_hex());
+    sqlx::query(
+        "UPDATE datasets SET kind = 'statistics', content_hash = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(content_hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    get_dataset(pool, team, id)
+        .await?
+        .ok_or(RegisterError::NotFound)
+}
+
+/// The statistics registered for a dataset with `extractor` (no sample count: an `.npz` does not
+/// carry one).
+pub async fn registered_statistics(
+    pool: &PgPool,
+    id: DatasetId,
+    extractor: &str,
+) -> anyhow::Result<Option<crate::metrics::Gaussian>> {
+    let row: Option<(i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT dim, mean, covariance FROM dataset_statistics WHERE dataset_id = $1 AND extractor = $2",
+    )
+    .bind(id)
+    .bind(extractor)
+    .fetch_optional(pool)
+    .await?;
+    let Some((dim, mean, cov)) = row else {
+        return Ok(None);
+    };
+    let g = crate::metrics::Gaussian {
+        mean: super::cache::decode(&mean, super::Dtype::F64),
+        cov: super::cache::decode(&cov, super::Dtype::F64),
+        n: None,
+    };
+    if g.validate()? != dim as usize {
+        anyhow::bail!("registered statistics of dataset {id} are corrupt (dimension {dim})");
+    }
+    Ok(Some(g))
 }

@@ -86,7 +86,7 @@ pub(super) fn to_extract(all: &[[u8; 32]], cached: impl Fn(&[u8; 32]) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DatasetId, DatasetStatus};
+    use crate::store::{DatasetId, DatasetKind, DatasetStatus};
     use ndarray::Array2;
 
     fn h(b: u8) -> [u8; 32] {
@@ -98,6 +98,7 @@ mod tests {
             id: DatasetId::new(),
             name: "d".into(),
             status: DatasetStatus::Ready,
+            kind: DatasetKind::Images,
             images: members
                 .iter()
                 .map(|(b, p)| Member {

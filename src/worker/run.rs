@@ -20,7 +20,7 @@ use crate::score::{
     LOGITS_OUTPUT, STYLE_OUTPUT,
 };
 use crate::store::{
-    self, Blobs, CacheScope, DatasetStatus, Dtype, Lease, Progress, Snapshot, TeamId,
+    self, Blobs, CacheScope, DatasetKind, DatasetStatus, Dtype, Lease, Progress, Snapshot, TeamId,
 };
 
 /// Cache tap of the per-image style covariances (computed from the `early` output, float64).
@@ -128,9 +128,17 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     let mut warnings = Vec::new();
     score::extractor_warnings(&manifest, &spec.metrics, &mut warnings);
     let feature_tap = manifest.feature_output().to_string();
-    let roles = roles(&spec);
+    let all_roles = roles(&spec);
+    // Registered statistics stand in for their (imageless) datasets; the other sets are read
+    // from their images as usual, and the two are put back in the spec's order at the end.
+    let registered = registered_sets(ctx, &spec, &snaps, &all_roles)?;
+    let (snaps, roles): (Vec<Snapshot>, Vec<String>) = snaps
+        .into_iter()
+        .zip(all_roles)
+        .filter(|(s, _)| s.kind == DatasetKind::Images)
+        .unzip();
 
-    let from_stats = if spec.needs_features() {
+    let from_stats = if spec.needs_features() || snaps.is_empty() {
         None
     } else {
         statistics_route(
@@ -143,7 +151,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
             &mut warnings,
         )?
     };
-    let sets = match from_stats {
+    let image_sets = match from_stats {
         Some(sets) => sets,
         None => {
             let want_logits = spec.metrics.contains(&MetricName::Is);
@@ -180,6 +188,12 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
             sets
         }
     };
+    let mut image_sets = image_sets.into_iter();
+    let sets: Vec<LoadedSet> = registered
+        .into_iter()
+        .map(|r| r.or_else(|| image_sets.next()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fatal(anyhow!("a set is missing")))?;
 
     ctx.progress("metrics", 0, 1)?;
     let dim = sets[0].dim();
@@ -249,13 +263,70 @@ fn snapshots(ctx: &JobContext, spec: &JobSpec) -> Result<Vec<Snapshot>, JobError
                 snap.status
             )));
         }
-        if snap.images.is_empty() {
+        if snap.images.is_empty() && snap.kind == DatasetKind::Images {
             return Err(fatal(anyhow!(
                 "dataset {:?} ({id}) has no images",
                 snap.name
             )));
         }
         out.push(snap);
+    }
+    Ok(out)
+}
+
+/// For each dataset of the spec, its registered statistics when it is a statistics dataset. The
+/// API admits such a dataset only in FID-only jobs of an extractor it has statistics for; this
+/// checks again, since the registration may have changed since.
+fn registered_sets(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    snaps: &[Snapshot],
+    roles: &[String],
+) -> Result<Vec<Option<LoadedSet>>, JobError> {
+    let mut out = Vec::with_capacity(snaps.len());
+    for (snap, role) in snaps.iter().zip(roles) {
+        if snap.kind != DatasetKind::Statistics {
+            out.push(None);
+            continue;
+        }
+        if spec.metrics.iter().any(|m| *m != MetricName::Fid) {
+            return Err(fatal(anyhow!(
+                "dataset {:?} holds only statistics: FID is the only metric it can answer",
+                snap.name
+            )));
+        }
+        let gaussian = ctx
+            .runtime
+            .block_on(store::registered_statistics(
+                &ctx.pool,
+                snap.id,
+                &spec.extractor,
+            ))
+            .map_err(retry)?
+            .ok_or_else(|| {
+                fatal(anyhow!(
+                    "dataset {:?} has no statistics for extractor {:?}",
+                    snap.name,
+                    spec.extractor
+                ))
+            })?;
+        out.push(Some(LoadedSet {
+            provenance: SetProvenance {
+                path: format!("/v1/datasets/{}", snap.id),
+                kind: "statistics".into(),
+                content_hash: snap.content_hash.clone().unwrap_or_default(),
+                count: None,
+                skipped: Vec::new(),
+            },
+            data: SetData {
+                gaussian: Some(gaussian),
+                ..SetData::default()
+            },
+            labels: Vec::new(),
+            warnings: vec![format!(
+                "{role}: registered statistics (no sample count; FID only)"
+            )],
+        }));
     }
     Ok(out)
 }

@@ -1180,21 +1180,7 @@ async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
     // More images than tiny-cnn's 128 dimensions, so the covariances are not singular, and two
     // clearly different sets: scipy's sqrtm (pytorch-fid) loses about 1e-7 in absolute terms,
     // which a FID near zero would turn into a large relative difference.
-    let other_pattern = |i: u32| {
-        let img = image::RgbImage::from_fn(24 + i % 13, 20 + i % 7, |x, y| {
-            image::Rgb([
-                255 - ((x * 9 + i) % 256) as u8,
-                ((y * 13) % 256) as u8,
-                (i * 31 % 256) as u8,
-            ])
-        });
-        let mut out = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
-        (format!("b{i:03}.png"), out)
-    };
-    let (a_files, b_files): (Vec<_>, Vec<_>) =
-        (pngs("a", 320, 0), (0..300).map(other_pattern).collect());
+    let (a_files, b_files) = (pngs("a", 320, 0), striped_pngs("b", 300));
     let dir = tempfile::tempdir().unwrap();
     for (sub, files) in [("a", &a_files), ("b", &b_files)] {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
@@ -1326,5 +1312,232 @@ async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
     assert_eq!(
         std::fs::read(npz("client.npz")).unwrap(),
         std::fs::read(npz("A.npz")).unwrap()
+    );
+}
+
+/// `n` PNGs unlike [`pngs`]'s: stripes over a gradient.
+fn striped_pngs(prefix: &str, n: u32) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let img = image::RgbImage::from_fn(24 + i % 13, 20 + i % 7, |x, y| {
+                image::Rgb([
+                    255 - ((x * 9 + i) % 256) as u8,
+                    ((y * 13) % 256) as u8,
+                    (i * 31 % 256) as u8,
+                ])
+            });
+            let mut out = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+                .unwrap();
+            (format!("{prefix}{i:03}.png"), out)
+        })
+        .collect()
+}
+
+/// A published `.npz` registered as a statistics dataset is a FID source or target: the job's
+/// FID equals `gapmeter score` of the folder against the file, and the FID against the images
+/// the file summarises. Other metrics, other extractors, images and other teams are refused, and
+/// `gapmeter client register-stats` does the same in one command.
+#[sqlx::test]
+async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let (_, other) = app.team("other").await;
+    let (a_files, b_files) = (pngs("a", 150, 0), striped_pngs("b", 140));
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, files) in [("a", &a_files), ("b", &b_files)] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(sub).join(name), bytes).unwrap();
+        }
+    }
+    let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
+    cli(&[
+        "stats",
+        "export",
+        "b",
+        "-o",
+        "b.npz",
+        "-x",
+        "tiny-cnn",
+        "--no-progress",
+    ]);
+    let npz = std::fs::read(dir.path().join("b.npz")).unwrap();
+    let a = dataset_from(&app, &key, "A", a_files).await;
+    let b = dataset_from(&app, &key, "B", b_files).await;
+    let reference = app.dataset(&key, "B reference").await;
+    let put = |id: &str, key: &str, extractor: &str, body: Vec<u8>| {
+        app.client
+            .put(app.url(&format!(
+                "/v1/datasets/{id}/statistics?extractor={extractor}"
+            )))
+            .bearer_auth(key)
+            .body(body)
+            .send()
+    };
+    let r = put(&reference, &key, "tiny-cnn", b"not an npz".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let status = |r: reqwest::Result<reqwest::Response>| r.unwrap().status();
+    assert_eq!(
+        status(put(&reference, &key, "no-such-model", npz.clone()).await),
+        422
+    );
+    assert_eq!(
+        status(put(&reference, &other, "tiny-cnn", npz.clone()).await),
+        404
+    );
+    // A dataset with images has computed statistics, never registered ones.
+    assert_eq!(status(put(&a, &key, "tiny-cnn", npz.clone()).await), 409);
+    let r = put(&reference, &key, "tiny-cnn", npz.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ds: Value = r.json().await.unwrap();
+    assert_eq!(ds["kind"], "statistics", "{ds}");
+    assert_eq!(ds["statistics"], json!(["tiny-cnn"]));
+    assert!(
+        ds["content_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("statistics:"),
+        "{ds}"
+    );
+    assert_eq!(ds["image_count"], 0);
+    // It never gets images.
+    let r = app
+        .upload(&key, &reference, vec![("x.png".into(), png(8, 8, 1))])
+        .await;
+    assert_eq!(r.status(), 409);
+    // Its statistics download as they were registered.
+    let r = app
+        .get(
+            &format!("/v1/datasets/{reference}/statistics?extractor=tiny-cnn"),
+            &key,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("gapmeter-samples").is_none());
+    assert_eq!(r.bytes().await.unwrap().to_vec(), npz);
+
+    let fid_of = |v: &Value| v["result"]["metrics"]["fid"]["value"].as_f64().unwrap();
+    let run = |body: Value| {
+        let (app, key) = (&app, &key);
+        async move {
+            let job = submit(app, key, &body).await;
+            let (_, done) = follow(app, key, job["id"].as_str().unwrap()).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            done
+        }
+    };
+    let fid_only = |source: &str, target: &str| json!({"source": source, "target": target, "extractor": "tiny-cnn", "metrics": ["fid"]});
+    let against_file = run(fid_only(&a, &reference)).await;
+    assert_eq!(against_file["result"]["target"]["kind"], "statistics");
+    assert!(against_file["result"]["target"]["count"].is_null());
+    let against_images = run(fid_only(&a, &b)).await;
+    let scored: Value = serde_json::from_str(&cli(&[
+        "score",
+        "a",
+        "b.npz",
+        "-x",
+        "tiny-cnn",
+        "--metrics",
+        "fid",
+        "--format",
+        "json",
+        "--no-progress",
+    ]))
+    .unwrap();
+    let cli_fid = scored["metrics"]["fid"]["value"].as_f64().unwrap();
+    let served = fid_of(&against_file);
+    eprintln!(
+        "FID against the registered file {served}, against the images {}, CLI against the \
+         file {cli_fid}",
+        fid_of(&against_images)
+    );
+    for (what, v) in [("images", fid_of(&against_images)), ("CLI", cli_fid)] {
+        assert!(
+            (served - v).abs() <= 1e-6 * v.abs(),
+            "{served} vs {what} {v}"
+        );
+    }
+    // As a source, and in a matrix.
+    let reversed = run(fid_only(&reference, &a)).await;
+    assert!((fid_of(&reversed) - served).abs() <= 1e-9 * served);
+    let r = app
+        .post_json(
+            "/v1/matrix",
+            &key,
+            &json!({"datasets": [a, b, reference], "extractor": "tiny-cnn", "metrics": ["fid"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let matrix: Value = r.json().await.unwrap();
+    let (_, matrix) = follow(&app, &key, matrix["id"].as_str().unwrap()).await;
+    assert_eq!(matrix["status"], "succeeded", "{matrix}");
+    let cell = &matrix["result"]["metrics"]["fid"][0][2];
+    assert!(
+        (cell.as_f64().unwrap() - served).abs() <= 1e-9 * served,
+        "{matrix}"
+    );
+
+    // Nothing that needs samples, and no other extractor.
+    for body in [
+        json!({"source": a, "target": reference, "extractor": "tiny-cnn", "metrics": ["fid", "kid"]}),
+        json!({"source": a, "target": reference, "extractor": "tiny-cnn"}),
+        json!({"source": a, "target": reference, "extractor": "tiny-cnn", "metrics": ["fid"],
+               "bootstrap": {"resamples": 10}}),
+        json!({"source": a, "target": reference, "extractor": "inception-v3-fid-untrained",
+               "metrics": ["fid"]}),
+    ] {
+        let r = app.post_json("/v1/jobs", &key, &body).await;
+        assert_eq!(r.status(), 422, "{body}");
+        let p: Value = r.json().await.unwrap();
+        assert!(p["detail"].as_str().unwrap().contains("statistics"), "{p}");
+    }
+
+    // The client registers a file in one command; a file that is not statistics leaves no
+    // dataset behind.
+    let client = |args: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_gapmeter"))
+            .args(["client", "--url", app.base.as_str(), "--key", key.as_str()])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+    };
+    let out = client(&[
+        "register-stats",
+        "published",
+        "b.npz",
+        "-x",
+        "tiny-cnn",
+        "--format",
+        "json",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ds["kind"], "statistics");
+    assert_eq!(ds["name"], "published");
+    std::fs::write(dir.path().join("bad.npz"), b"nope").unwrap();
+    let out = client(&["register-stats", "broken", "bad.npz", "-x", "tiny-cnn"])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let list: Value = app.get_json("/v1/datasets", &key).await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["name"] != "broken"),
+        "{list}"
     );
 }
