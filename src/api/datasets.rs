@@ -1,5 +1,5 @@
-//! Datasets: create (empty or from a URI), list, show, list images, upload images, delete, and
-//! download their FID statistics.
+//! Datasets: create (empty or from a URI), list, show, list images, upload images, thumbnails,
+//! delete, and their FID statistics (download, or register an `.npz`).
 use std::io::Write;
 
 use axum::extract::multipart::MultipartRejection;
@@ -86,6 +86,19 @@ pub struct StatisticsQuery {
     /// Extractor id (see `GET /v1/extractors`) [default: the service's default].
     #[param(max_length = 200)]
     pub extractor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailQuery {
+    /// The file's path in the dataset (as `GET /v1/datasets/{id}/images` and per-image results
+    /// name it).
+    #[param(max_length = 4096)]
+    pub path: String,
+    /// Longest side in pixels (default 128); never scaled up.
+    #[param(minimum = 8, maximum = 1024)]
+    pub size: Option<u32>,
 }
 
 fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -307,6 +320,51 @@ pub async fn statistics(
             .await
             .map_err(|e| ApiError::Internal(e.into()))??;
     Ok((npz_headers(&ds.name, &manifest.id, Some(n)), bytes))
+}
+
+/// `GET /v1/datasets/{id}/thumbnail?path=…&size=…`: one of the dataset's images as a JPEG
+/// scaled to fit `size` × `size` (for galleries of the most out-of-domain images). Content
+/// addressed, so cacheable; another team's dataset, or a path the dataset does not hold, is 404.
+#[utoipa::path(get, path = "/v1/datasets/{id}/thumbnail", tag = "datasets",
+    params(("id" = String, Path, format = Uuid, description = "dataset id"), ThumbnailQuery),
+    responses((status = 200, description = "a JPEG", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(id): ApiPath<DatasetId>,
+    ApiQuery(q): ApiQuery<ThumbnailQuery>,
+) -> Result<(HeaderMap, Vec<u8>), ApiError> {
+    let team = who.team(Scope::Read)?;
+    let size = q.size.unwrap_or(128);
+    if !(8..=1024).contains(&size) {
+        return Err(ApiError::Unprocessable(format!(
+            "size must be 8 to 1024, got {size}"
+        )));
+    }
+    let hash = store::member_hash(&state.pool, team, id, &q.path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no image at {:?} in this dataset", q.path)))?;
+    let bytes = state.blobs.get(&hash).await?;
+    let jpeg = tokio::task::spawn_blocking(move || crate::imaging::thumbnail(&bytes, size))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("thumbnail of a stored image: {e}")))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("image/jpeg"),
+    );
+    // The bytes behind a hash never change; a private cache may keep the thumbnail.
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, max-age=86400"),
+    );
+    if let Ok(v) = format!("\"{}-{size}\"", hex::encode(hash)).parse() {
+        headers.insert(header::ETAG, v);
+    }
+    Ok((headers, jpeg))
 }
 
 fn npz_headers(dataset: &str, extractor: &str, samples: Option<u64>) -> HeaderMap {

@@ -80,7 +80,7 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
     paths(
         health::healthz, health::readyz, telemetry::metrics,
         teams::create_team, teams::create_key, teams::revoke_key,
-        datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics, datasets::register_statistics,
+        datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics, datasets::register_statistics, datasets::thumbnail,
         jobs::create, jobs::create_matrix, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
     ),
     components(schemas(
@@ -141,6 +141,7 @@ pub fn router(state: AppState) -> Router {
                 .post(datasets::upload)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
+        .route("/datasets/{id}/thumbnail", get(datasets::thumbnail))
         .route(
             "/datasets/{id}/statistics",
             get(datasets::statistics)

@@ -104,6 +104,34 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     })
 }
 
+/// A JPEG of the image scaled down to fit `max_side` × `max_side` (aspect kept, never scaled
+/// up), for looking at an image (a dashboard's gallery). Not the references' resize: nothing
+/// measured goes through it.
+///
+/// ```
+/// let mut png = Vec::new();
+/// image::RgbImage::from_pixel(300, 100, image::Rgb([200, 20, 30]))
+///     .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+///     .unwrap();
+/// let jpeg = gapmeter::imaging::thumbnail(&png, 96).unwrap();
+/// let small = gapmeter::imaging::decode_rgb(&jpeg).unwrap();
+/// assert_eq!((small.width(), small.height()), (96, 32));
+/// ```
+pub fn thumbnail(bytes: &[u8], max_side: u32) -> Result<Vec<u8>, ImageError> {
+    let img = decode_rgb(bytes)?;
+    let (w, h) = img.dimensions();
+    let scale = (f64::from(max_side.max(1)) / f64::from(w.max(h))).min(1.0);
+    let fit = |v: u32| ((f64::from(v) * scale).round() as u32).max(1);
+    let small = if scale < 1.0 {
+        image::imageops::resize(&img, fit(w), fit(h), image::imageops::FilterType::Triangle)
+    } else {
+        img
+    };
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&small)?;
+    Ok(out)
+}
+
 /// A model-ready image: planar CHW float32 at the model's size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {

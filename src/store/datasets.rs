@@ -472,6 +472,26 @@ fn already_at_path(held: &[u8], new: &[u8; 32]) -> AddOutcome {
     }
 }
 
+/// The content hash of the file at `path` in a dataset of `team`; `None` when the dataset is not
+/// the team's or holds nothing at that path.
+pub async fn member_hash(
+    pool: &PgPool,
+    team: TeamId,
+    id: DatasetId,
+    path: &str,
+) -> sqlx::Result<Option<[u8; 32]>> {
+    let row: Option<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT d.image_hash FROM dataset_images d JOIN datasets s ON s.id = d.dataset_id \
+         WHERE d.dataset_id = $1 AND s.team_id = $2 AND d.path = $3",
+    )
+    .bind(id)
+    .bind(team)
+    .bind(path)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(h,)| <[u8; 32]>::try_from(h).ok()))
+}
+
 /// Recomputes counts, bytes and content hash after files were added.
 pub async fn refresh_dataset(pool: &PgPool, id: DatasetId) -> sqlx::Result<()> {
     let members: Vec<(Vec<u8>, i64)> = sqlx::query_as(

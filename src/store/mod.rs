@@ -23,9 +23,9 @@ pub use cache::{
 };
 pub use datasets::{
     add_member, create_dataset, dataset_snapshot, delete_dataset, get_dataset, list_dataset_images,
-    list_datasets, refresh_dataset, register_statistics, registered_statistics, AddOutcome,
-    Dataset, DatasetImage, DatasetKind, DatasetStatus, FormatCount, ImageMeta, Member, Page,
-    RegisterError, Snapshot,
+    list_datasets, member_hash, refresh_dataset, register_statistics, registered_statistics,
+    AddOutcome, Dataset, DatasetImage, DatasetKind, DatasetStatus, FormatCount, ImageMeta, Member,
+    Page, RegisterError, Snapshot,
 };
 pub use ids::{DatasetId, JobId, KeyId, TeamId};
 pub use jobs::{

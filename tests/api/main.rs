@@ -222,6 +222,11 @@ async fn every_route_needs_a_valid_key_and_hides_other_teams_data(pool: PgPool) 
         ("GET", format!("/v1/datasets/{ds}"), true),
         ("GET", format!("/v1/datasets/{ds}/images"), true),
         ("POST", format!("/v1/datasets/{ds}/images"), true),
+        (
+            "GET",
+            format!("/v1/datasets/{ds}/thumbnail?path=x.png"),
+            true,
+        ),
         ("GET", format!("/v1/datasets/{ds}/statistics"), true),
         ("PUT", format!("/v1/datasets/{ds}/statistics"), true),
         ("DELETE", format!("/v1/datasets/{ds}"), true),
@@ -575,4 +580,57 @@ async fn ipv6_loopback_uri_is_fetched_when_private_addresses_are_allowed(pool: P
     assert_eq!(v["status"], "ready", "{v:#}");
     assert_eq!(v["image_count"], 1, "{v:#}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[sqlx::test]
+async fn thumbnails_are_small_jpegs_of_a_teams_own_files(pool: PgPool) {
+    let app = spawn(pool).await;
+    let (_, key) = app.team("owner").await;
+    let (_, other) = app.team("other").await;
+    let ds = app.dataset(&key, "d").await;
+    let wide = {
+        let img = image::RgbImage::from_fn(300, 120, |x, y| image::Rgb([x as u8, y as u8, 90]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let r = app
+        .upload(
+            &key,
+            &ds,
+            vec![
+                ("dir/wide image.png".into(), wide),
+                ("tiny.png".into(), png(20, 10, 7)),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let path = |p: &str, size: &str| {
+        let p: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
+        format!("/v1/datasets/{ds}/thumbnail?path={p}{size}")
+    };
+    let r = app.get(&path("dir/wide image.png", "&size=60"), &key).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert!(r.headers().contains_key("etag"));
+    let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (60, 24));
+    // Never scaled up; 128 by default.
+    let r = app.get(&path("tiny.png", ""), &key).await;
+    let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (20, 10));
+    // Another team, a path the dataset does not hold, a size out of range.
+    assert_eq!(app.get(&path("tiny.png", ""), &other).await.status(), 404);
+    assert_eq!(app.get(&path("missing.png", ""), &key).await.status(), 404);
+    assert_eq!(
+        app.get(&path("tiny.png", "&size=0"), &key).await.status(),
+        422
+    );
+    assert_eq!(
+        app.get(&format!("/v1/datasets/{ds}/thumbnail"), &key)
+            .await
+            .status(),
+        422
+    );
 }
