@@ -150,3 +150,28 @@ async fn the_client_uploads_folders_scores_and_prints_what_the_cli_prints(pool: 
     assert!(!ok);
     assert!(err.contains("subsets"), "{err}");
 }
+
+/// The Python client (`clients/python`, installed with pip into a cached venv by its test.sh)
+/// passes its pytest suite against this service: upload, score by name, matrix to a DataFrame,
+/// statistics, errors as problems, and the request fields of openapi/openapi.json.
+#[sqlx::test]
+async fn the_python_client_passes_its_tests_against_a_live_server(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("notebook").await;
+    let out = tokio::process::Command::new("bash")
+        .arg(root().join("clients/python/test.sh"))
+        .env("GAPMETER_URL", &app.base)
+        .env("GAPMETER_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "pytest failed:\n{text}");
+    assert!(text.contains(" passed"), "{text}");
+    assert!(!text.contains("skipped"), "{text}");
+}
