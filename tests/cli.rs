@@ -667,3 +667,56 @@ fn reduced_precision_and_the_metrics_device_are_reported_or_refused() {
         "{err}"
     );
 }
+
+/// `gapmeter stats export` of an `.npy` writes the `mu` and `sigma` numpy computes for the same
+/// features (the reference `.npz` of scripts/reference/make_metric_fixtures.py), and `score`
+/// on two exported files gives pytorch-fid's FID; a missing source is an error and writes nothing.
+#[test]
+fn stats_export_of_features_matches_numpys_statistics_and_pytorch_fids_fid() {
+    let dir = tempfile::tempdir().unwrap();
+    for side in ["source", "target"] {
+        let out = dir.path().join(format!("{side}.npz"));
+        let run = gapmeter(&[
+            "stats",
+            "export",
+            reference(&format!("{side}.npy")).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let ours = gapmeter::score::read_statistics(&out).unwrap();
+        let numpy =
+            gapmeter::score::read_statistics(&reference(&format!("{side}_stats.npz"))).unwrap();
+        let worst = ours
+            .mean
+            .iter()
+            .zip(&numpy.mean)
+            .chain(ours.cov.iter().zip(&numpy.cov))
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+            .fold(0f64, f64::max);
+        assert!(worst <= 1e-10, "{side}: differs from numpy by {worst:e}");
+    }
+    let v = gapmeter_json(&[
+        "score",
+        dir.path().join("source.npz").to_str().unwrap(),
+        dir.path().join("target.npz").to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_rel(
+        value(&v, "metrics.fid.value"),
+        reference_json()["fid"].as_f64().unwrap(),
+        1e-6,
+        "FID of exported statistics",
+    );
+    let missing = dir.path().join("missing.npz");
+    let out = gapmeter(&[
+        "stats",
+        "export",
+        "no/such/folder",
+        "-o",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(!missing.exists());
+}

@@ -2,6 +2,7 @@
 //! `store`), no tensors.
 
 mod auth;
+mod dashboard;
 mod datasets;
 mod error;
 mod extract;
@@ -159,6 +160,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(telemetry::metrics))
         .route("/openapi.json", get(openapi))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/style.css", get(dashboard::style_css))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::record))
         .layer(CompressionLayer::new())

@@ -1,5 +1,6 @@
 //! The HTTP API end to end: a real server on a random port, a real PostgreSQL database per test.
 mod client;
+mod dashboard;
 mod helpers;
 mod jobs;
 mod truth;
