@@ -15,7 +15,11 @@ flock 9
 if [[ ! -f "$stamp" ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here[test]" tqdm >&2
+  # Built from a copy, so pip's build/ and egg-info never land in the checkout.
+  src="$(mktemp -d)"
+  cp -r "$here/pyproject.toml" "$here/README.md" "$here/gapmeter_client" "$src/"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$src[test]" tqdm >&2
+  rm -rf "$src"
   touch "$stamp"
 fi
 flock -u 9

@@ -2,7 +2,7 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::helpers::{gapmeter_cli, root, spawn_jobs, TestApp};
+use super::helpers::{gapmeter_cli, root, run_script, spawn_jobs, TestApp};
 
 /// Runs `gapmeter client ...` without blocking the test's runtime (the service runs on it).
 async fn client(app: &TestApp, key: &str, args: &[&str]) -> (bool, String, String) {
@@ -158,20 +158,12 @@ async fn the_client_uploads_folders_scores_and_prints_what_the_cli_prints(pool: 
 async fn the_python_client_passes_its_tests_against_a_live_server(pool: PgPool) {
     let app = spawn_jobs(pool, &[], true).await;
     let (_, key) = app.team("notebook").await;
-    let out = tokio::process::Command::new("bash")
-        .arg(root().join("clients/python/test.sh"))
-        .env("GAPMETER_URL", &app.base)
-        .env("GAPMETER_KEY", &key)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "pytest failed:\n{text}");
+    let (ok, text) = run_script(
+        &root().join("clients/python/test.sh"),
+        &[("GAPMETER_URL", &app.base), ("GAPMETER_KEY", &key)],
+    )
+    .await;
+    assert!(ok, "pytest failed:\n{text}");
     assert!(text.contains(" passed"), "{text}");
     assert!(!text.contains("skipped"), "{text}");
 }

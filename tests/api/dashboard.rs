@@ -3,7 +3,7 @@
 //! service.
 use sqlx::PgPool;
 
-use super::helpers::{root, spawn, spawn_jobs};
+use super::helpers::{root, run_script, spawn, spawn_jobs};
 
 #[sqlx::test]
 async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy(pool: PgPool) {
@@ -40,21 +40,17 @@ async fn a_browser_uploads_scores_and_reads_the_results(pool: PgPool) {
     let app = spawn_jobs(pool, &[], true).await;
     let (_, key) = app.team("browser").await;
     let shots = root().join("target/browser-screenshots");
-    let out = tokio::process::Command::new("bash")
-        .arg(root().join("tests/browser/run.sh"))
-        .env("GAPMETER_URL", &app.base)
-        .env("GAPMETER_KEY", &key)
-        .env("SCREENSHOTS", &shots)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "the browser test failed:\n{text}");
+    let shots_dir = shots.to_string_lossy().into_owned();
+    let (ok, text) = run_script(
+        &root().join("tests/browser/run.sh"),
+        &[
+            ("GAPMETER_URL", &app.base),
+            ("GAPMETER_KEY", &key),
+            ("SCREENSHOTS", &shots_dir),
+        ],
+    )
+    .await;
+    assert!(ok, "the browser test failed:\n{text}");
     assert!(text.contains("dashboard: ok"), "{text}");
     for shot in ["1-datasets.png", "2-score.png", "3-matrix.png"] {
         assert!(shots.join(shot).is_file(), "{shot}");

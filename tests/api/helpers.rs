@@ -349,3 +349,21 @@ print(repr(float(calculate_frechet_distance(*s))))
         .parse()
         .unwrap()
 }
+
+/// Runs `bash script` with `env`, without blocking the runtime the service runs on; returns
+/// whether it succeeded and its stdout and stderr (printed too, for the test's log).
+pub async fn run_script(script: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    (out.status.success(), text)
+}

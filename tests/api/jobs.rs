@@ -1181,25 +1181,10 @@ async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
     // clearly different sets: scipy's sqrtm (pytorch-fid) loses about 1e-7 in absolute terms,
     // which a FID near zero would turn into a large relative difference.
     let (a_files, b_files) = (pngs("a", 320, 0), striped_pngs("b", 300));
-    let dir = tempfile::tempdir().unwrap();
-    for (sub, files) in [("a", &a_files), ("b", &b_files)] {
-        std::fs::create_dir(dir.path().join(sub)).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(dir.path().join(sub).join(name), bytes).unwrap();
-        }
-    }
+    let dir = folders(&[("a", &a_files), ("b", &b_files)]);
     let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
     for sub in ["a", "b"] {
-        cli(&[
-            "stats",
-            "export",
-            sub,
-            "-o",
-            &format!("{sub}.npz"),
-            "-x",
-            "tiny-cnn",
-            "--no-progress",
-        ]);
+        export_tiny_stats(dir.path(), sub);
     }
     let npz = |name: &str| dir.path().join(name);
     let scored: Value = serde_json::from_str(&cli(&[
@@ -1344,24 +1329,9 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
     let (_, key) = app.team("lab").await;
     let (_, other) = app.team("other").await;
     let (a_files, b_files) = (pngs("a", 150, 0), striped_pngs("b", 140));
-    let dir = tempfile::tempdir().unwrap();
-    for (sub, files) in [("a", &a_files), ("b", &b_files)] {
-        std::fs::create_dir(dir.path().join(sub)).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(dir.path().join(sub).join(name), bytes).unwrap();
-        }
-    }
+    let dir = folders(&[("a", &a_files), ("b", &b_files)]);
     let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
-    cli(&[
-        "stats",
-        "export",
-        "b",
-        "-o",
-        "b.npz",
-        "-x",
-        "tiny-cnn",
-        "--no-progress",
-    ]);
+    export_tiny_stats(dir.path(), "b");
     let npz = std::fs::read(dir.path().join("b.npz")).unwrap();
     let a = dataset_from(&app, &key, "A", a_files).await;
     let b = dataset_from(&app, &key, "B", b_files).await;
@@ -1539,5 +1509,34 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
             .iter()
             .all(|d| d["name"] != "broken"),
         "{list}"
+    );
+}
+
+/// A temporary directory with one folder per set, holding its files.
+fn folders(sets: &[(&str, &Vec<(String, Vec<u8>)>)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, files) in sets {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for (name, bytes) in files.iter() {
+            std::fs::write(dir.path().join(sub).join(name), bytes).unwrap();
+        }
+    }
+    dir
+}
+
+/// `gapmeter stats export SUB -o SUB.npz` with tiny-cnn, in `dir`.
+fn export_tiny_stats(dir: &std::path::Path, sub: &str) {
+    gapmeter_cli(
+        dir,
+        &[
+            "stats",
+            "export",
+            sub,
+            "-o",
+            &format!("{sub}.npz"),
+            "-x",
+            "tiny-cnn",
+            "--no-progress",
+        ],
     );
 }
