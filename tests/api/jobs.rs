@@ -852,32 +852,11 @@ async fn fid_from_cached_statistics_needs_no_features_and_caches_are_per_team(po
     assert_eq!(grown["work"]["images_extracted"], 10);
     assert_eq!(grown["work"]["feature_cache_hits"], 0);
     assert_eq!(grown["result"]["source"]["count"], 150);
-    let dirs = tempfile::tempdir().unwrap();
-    for (sub, files) in [
-        ("a", [pngs("a", 140, 0), added].concat()),
-        ("b", pngs("b", 135, 90)),
-    ] {
-        std::fs::create_dir(dirs.path().join(sub)).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(dirs.path().join(sub).join(name), bytes).unwrap();
-        }
-    }
-    let cli: Value = serde_json::from_str(&gapmeter_cli(
-        dirs.path(),
-        &[
-            "score",
-            "a",
-            "b",
-            "-x",
-            "tiny-cnn",
-            "--metrics",
-            "fid",
-            "--format",
-            "json",
-            "--no-progress",
-        ],
-    ))
-    .unwrap();
+    let dirs = folders(&[
+        ("a", &[pngs("a", 140, 0), added].concat()),
+        ("b", &pngs("b", 135, 90)),
+    ]);
+    let cli = tiny_score(dirs.path(), "a", "b");
     let (x, y) = (
         cli["metrics"]["fid"]["value"].as_f64().unwrap(),
         grown["result"]["metrics"]["fid"]["value"].as_f64().unwrap(),
@@ -1182,25 +1161,13 @@ async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
     // which a FID near zero would turn into a large relative difference.
     let (a_files, b_files) = (pngs("a", 320, 0), striped_pngs("b", 300));
     let dir = folders(&[("a", &a_files), ("b", &b_files)]);
-    let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
     for sub in ["a", "b"] {
         export_tiny_stats(dir.path(), sub);
     }
     let npz = |name: &str| dir.path().join(name);
-    let scored: Value = serde_json::from_str(&cli(&[
-        "score",
-        "a",
-        "b",
-        "-x",
-        "tiny-cnn",
-        "--metrics",
-        "fid",
-        "--format",
-        "json",
-        "--no-progress",
-    ]))
-    .unwrap();
-    let cli_fid = scored["metrics"]["fid"]["value"].as_f64().unwrap();
+    let cli_fid = tiny_score(dir.path(), "a", "b")["metrics"]["fid"]["value"]
+        .as_f64()
+        .unwrap();
     let reference = pytorch_fid_of_npz(&npz("a.npz"), &npz("b.npz"));
     eprintln!("pytorch-fid on exported files {reference}, gapmeter score {cli_fid}");
     assert!(
@@ -1208,8 +1175,11 @@ async fn statistics_export_and_download_as_pytorch_fid_npz(pool: PgPool) {
         "pytorch-fid {reference} vs gapmeter {cli_fid}"
     );
     // `score` reads the exported files back to the same FID.
-    let from_files: Value =
-        serde_json::from_str(&cli(&["score", "a.npz", "b.npz", "--format", "json"])).unwrap();
+    let from_files: Value = serde_json::from_str(&gapmeter_cli(
+        dir.path(),
+        &["score", "a.npz", "b.npz", "--format", "json"],
+    ))
+    .unwrap();
     let v = from_files["metrics"]["fid"]["value"].as_f64().unwrap();
     assert!(
         (v - cli_fid).abs() <= 1e-9 * cli_fid.abs(),
@@ -1330,7 +1300,6 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
     let (_, other) = app.team("other").await;
     let (a_files, b_files) = (pngs("a", 150, 0), striped_pngs("b", 140));
     let dir = folders(&[("a", &a_files), ("b", &b_files)]);
-    let cli = |args: &[&str]| gapmeter_cli(dir.path(), args);
     export_tiny_stats(dir.path(), "b");
     let npz = std::fs::read(dir.path().join("b.npz")).unwrap();
     let a = dataset_from(&app, &key, "A", a_files).await;
@@ -1407,20 +1376,9 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
     assert_eq!(against_file["result"]["target"]["kind"], "statistics");
     assert!(against_file["result"]["target"]["count"].is_null());
     let against_images = run(fid_only(&a, &b)).await;
-    let scored: Value = serde_json::from_str(&cli(&[
-        "score",
-        "a",
-        "b.npz",
-        "-x",
-        "tiny-cnn",
-        "--metrics",
-        "fid",
-        "--format",
-        "json",
-        "--no-progress",
-    ]))
-    .unwrap();
-    let cli_fid = scored["metrics"]["fid"]["value"].as_f64().unwrap();
+    let cli_fid = tiny_score(dir.path(), "a", "b.npz")["metrics"]["fid"]["value"]
+        .as_f64()
+        .unwrap();
     let served = fid_of(&against_file);
     eprintln!(
         "FID against the registered file {served}, against the images {}, CLI against the \
@@ -1512,8 +1470,11 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
     );
 }
 
+/// (file name, bytes) of each file of a set.
+type Files = Vec<(String, Vec<u8>)>;
+
 /// A temporary directory with one folder per set, holding its files.
-fn folders(sets: &[(&str, &Vec<(String, Vec<u8>)>)]) -> tempfile::TempDir {
+fn folders(sets: &[(&str, &Files)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (sub, files) in sets {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
@@ -1539,4 +1500,24 @@ fn export_tiny_stats(dir: &std::path::Path, sub: &str) {
             "--no-progress",
         ],
     );
+}
+
+/// `gapmeter score SOURCE TARGET -x tiny-cnn --metrics fid --format json` in `dir`.
+fn tiny_score(dir: &std::path::Path, source: &str, target: &str) -> Value {
+    let out = gapmeter_cli(
+        dir,
+        &[
+            "score",
+            source,
+            target,
+            "-x",
+            "tiny-cnn",
+            "--metrics",
+            "fid",
+            "--format",
+            "json",
+            "--no-progress",
+        ],
+    );
+    serde_json::from_str(&out).unwrap()
 }
