@@ -138,8 +138,33 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
+    let mut body = body;
+    statistics_default_metrics(&state, team, &[body.source, body.target], &mut body.metrics)
+        .await?;
     let (spec, manifest) = JobSpec::score(body, &registry(&state))?;
     submit(&state, team, spec, &manifest, key).await
+}
+
+/// A request that names no metrics, with a statistics dataset among its sets, asks for what such
+/// a dataset can answer: FID, as `gapmeter score` does for an `.npz` argument. (Named metrics it
+/// cannot answer are refused by `submit`.)
+async fn statistics_default_metrics(
+    state: &AppState,
+    team: TeamId,
+    datasets: &[DatasetId],
+    metrics: &mut Option<Vec<MetricName>>,
+) -> Result<(), ApiError> {
+    if metrics.is_some() {
+        return Ok(());
+    }
+    for id in datasets {
+        let ds = store::get_dataset(&state.pool, team, *id).await?;
+        if ds.is_some_and(|d| d.kind == DatasetKind::Statistics) {
+            *metrics = Some(vec![MetricName::Fid]);
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
@@ -155,6 +180,8 @@ pub async fn create_matrix(
 ) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
+    let mut body = body;
+    statistics_default_metrics(&state, team, &body.datasets, &mut body.metrics).await?;
     let (spec, manifest) = JobSpec::matrix(body, &registry(&state))?;
     submit(&state, team, spec, &manifest, key).await
 }

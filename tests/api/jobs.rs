@@ -1411,10 +1411,18 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
         "{matrix}"
     );
 
+    // Without named metrics, FID is what it is asked for (as `gapmeter score` does for an .npz).
+    let defaulted = run(json!({"source": a, "target": reference, "extractor": "tiny-cnn"})).await;
+    let names: Vec<&String> = defaulted["result"]["metrics"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(names, ["fid"]);
+    assert_eq!(fid_of(&defaulted), served);
     // Nothing that needs samples, and no other extractor.
     for body in [
         json!({"source": a, "target": reference, "extractor": "tiny-cnn", "metrics": ["fid", "kid"]}),
-        json!({"source": a, "target": reference, "extractor": "tiny-cnn"}),
         json!({"source": a, "target": reference, "extractor": "tiny-cnn", "metrics": ["fid"],
                "bootstrap": {"resamples": 10}}),
         json!({"source": a, "target": reference, "extractor": "inception-v3-fid-untrained",
