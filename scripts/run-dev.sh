@@ -49,6 +49,8 @@ cat <<MSG
 gapmeter: http://127.0.0.1:8080  (database $(echo "$DATABASE_URL" | sed 's#//[^@]*@#//#'))
 admin key: .data/admin-key    demo team key: .data/demo-key
 
+In a browser: http://127.0.0.1:8080/ (the dashboard; sign in with the demo team key $key)
+
 In another terminal (an in-process worker runs the jobs):
   export GAPMETER_URL=http://127.0.0.1:8080 GAPMETER_KEY=$key
   $bin client upload synthetic examples/A
