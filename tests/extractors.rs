@@ -458,3 +458,50 @@ fn the_example_manifests_in_config_parse() {
     }
     assert!(n >= 2, "{}", dir.display());
 }
+
+/// `seed_parameters` (scripts/gapmeter_models/export.py) computes PyTorch's default initialisation
+/// exactly, so the seeded test models are the weights `torch.manual_seed(seed)` plus building the
+/// model gives, on every CPU: this compares every parameter of the tiny CNN and the FID Inception
+/// with PyTorch's own draws, which are the reference on AVX2 and AVX-512 CPUs (PyTorch's
+/// portable kernels draw differently; docs/extractors.md).
+#[test]
+fn seeded_parameters_are_pytorchs_default_initialisation() {
+    const SCRIPT: &str = r#"
+import sys, torch
+sys.path.insert(0, "scripts")
+from gapmeter_models.export import seed_parameters
+from gapmeter_models.inception_fid import FIDInceptionV3
+from gapmeter_models.tiny import TinyCNN
+print(torch.backends.cpu.get_cpu_capability())
+for cls in (TinyCNN, FIDInceptionV3):
+    torch.manual_seed(3)
+    ref = cls()
+    mine = cls()
+    seed_parameters(mine, 3)
+    pairs = zip(ref.state_dict().values(), mine.state_dict().values())
+    print(cls.__name__, sum(int((a != b).sum()) for a, b in pairs))
+"#;
+    let out = Command::new(python())
+        .args(["-c", SCRIPT])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let capability = lines.next().unwrap_or_default().to_string();
+    assert_ne!(
+        capability, "DEFAULT",
+        "PyTorch runs its portable kernels here, whose own init is not the reference"
+    );
+    for line in lines {
+        assert!(
+            line.ends_with(" 0"),
+            "values differing from PyTorch's init: {line}"
+        );
+    }
+    assert!(
+        text.contains("TinyCNN 0") && text.contains("FIDInceptionV3 0"),
+        "{text}"
+    );
+}

@@ -855,14 +855,14 @@ pub async fn register_statistics(
     sha256: &str,
 ) -> Result<Dataset, RegisterError> {
     let mut tx = pool.begin().await?;
-    let head: Option<(String, String, i32)> = sqlx::query_as(
-        "SELECT name, status, image_count FROM datasets WHERE id = $1 AND team_id = $2 FOR UPDATE",
+    let head: Option<(String, String)> = sqlx::query_as(
+        "SELECT name, status FROM datasets WHERE id = $1 AND team_id = $2 FOR UPDATE",
     )
     .bind(id)
     .bind(team)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((name, status, _)) = head else {
+    let Some((name, status)) = head else {
         return Err(RegisterError::NotFound);
     };
     if status != DatasetStatus::Ready.as_str() {
