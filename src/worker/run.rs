@@ -182,7 +182,6 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
                 if spec.metrics.contains(&MetricName::Fid) {
                     remember_statistics(ctx, snap, &extractor_key, &feature_tap, &set);
                 }
-                warnings.extend(set.warnings.iter().cloned());
                 sets.push(set);
             }
             sets
@@ -194,6 +193,11 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         .map(|r| r.or_else(|| image_sets.next()))
         .collect::<Option<_>>()
         .ok_or_else(|| fatal(anyhow!("a set is missing")))?;
+    // Each set's own warnings (skipped files, registered statistics), in the sets' order, as
+    // `gapmeter score` lists them.
+    for set in &sets {
+        warnings.extend(set.warnings.iter().cloned());
+    }
 
     ctx.progress("metrics", 0, 1)?;
     let dim = sets[0].dim();

@@ -1375,6 +1375,12 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
     let against_file = run(fid_only(&a, &reference)).await;
     assert_eq!(against_file["result"]["target"]["kind"], "statistics");
     assert!(against_file["result"]["target"]["count"].is_null());
+    assert!(
+        against_file["result"]["warnings"]
+            .to_string()
+            .contains("target: registered statistics"),
+        "{against_file}"
+    );
     let against_images = run(fid_only(&a, &b)).await;
     let cli_fid = tiny_score(dir.path(), "a", "b.npz")["metrics"]["fid"]["value"]
         .as_f64()
