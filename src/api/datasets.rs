@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{check_name, multipart_rejection, ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal};
-use crate::features::Registry;
 use crate::ingest::{self, looks_like_archive, IngestError, IngestSummary, Ingestor, Outcome};
 use crate::jobs::{self, IngestSpec, JobKind};
 use crate::store::{
@@ -283,11 +282,9 @@ pub async fn statistics(
     let ds = store::get_dataset(&state.pool, team, id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset"))?;
-    let manifest = jobs::extractor(
-        q.extractor.as_deref(),
-        &Registry::new(state.models_dir.clone()),
-    )?;
-    if ds.kind == DatasetKind::Statistics {
+    let manifest = jobs::extractor(q.extractor.as_deref(), &state.registry())?;
+    // Registered statistics carry no sample count; computed ones do.
+    let (gaussian, samples) = if ds.kind == DatasetKind::Statistics {
         let g = store::registered_statistics(&state.pool, ds.id, &manifest.id)
             .await?
             .ok_or_else(|| {
@@ -296,30 +293,25 @@ pub async fn statistics(
                     ds.name, ds.statistics, manifest.id
                 ))
             })?;
-        let bytes = tokio::task::spawn_blocking(move || crate::score::statistics_npz(&g))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))??;
-        return Ok((npz_headers(&ds.name, &manifest.id, None), bytes));
-    }
-    let not_yet = || {
-        ApiError::Conflict(format!(
-            "dataset {:?} has no statistics with extractor {:?} yet: the first job with FID that \
-             reads the whole dataset with that extractor computes them (POST /v1/jobs)",
-            ds.name, manifest.id
-        ))
+        (g, None)
+    } else {
+        let not_yet = || {
+            ApiError::Conflict(format!(
+                "dataset {:?} has no statistics with extractor {:?} yet: the first job with FID \
+                 that reads the whole dataset with that extractor computes them (POST /v1/jobs)",
+                ds.name, manifest.id
+            ))
+        };
+        let hash = ds.content_hash.as_deref().ok_or_else(not_yet)?;
+        let scope = CacheScope::for_team(team, state.config.cache.share_across_teams);
+        let stats = jobs::cached_statistics(&state.pool, scope, &manifest, hash)
+            .await?
+            .filter(|s| s.n() >= 2)
+            .ok_or_else(not_yet)?;
+        (stats.gaussian(), Some(stats.n()))
     };
-    let hash = ds.content_hash.as_deref().ok_or_else(not_yet)?;
-    let scope = CacheScope::for_team(team, state.config.cache.share_across_teams);
-    let stats = jobs::cached_statistics(&state.pool, scope, &manifest, hash)
-        .await?
-        .filter(|s| s.n() >= 2)
-        .ok_or_else(not_yet)?;
-    let n = stats.n();
-    let bytes =
-        tokio::task::spawn_blocking(move || crate::score::statistics_npz(&stats.gaussian()))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))??;
-    Ok((npz_headers(&ds.name, &manifest.id, Some(n)), bytes))
+    let bytes = super::blocking(move || crate::score::statistics_npz(&gaussian)).await??;
+    Ok((npz_headers(&ds.name, &manifest.id, samples), bytes))
 }
 
 /// `GET /v1/datasets/{id}/thumbnail?path=…&size=…`: one of the dataset's images as a JPEG
@@ -347,9 +339,8 @@ pub async fn thumbnail(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no image at {:?} in this dataset", q.path)))?;
     let bytes = state.blobs.get(&hash).await?;
-    let jpeg = tokio::task::spawn_blocking(move || crate::imaging::thumbnail(&bytes, size))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    let jpeg = super::blocking(move || crate::imaging::thumbnail(&bytes, size))
+        .await?
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("thumbnail of a stored image: {e}")))?;
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -411,19 +402,15 @@ pub async fn register_statistics(
     if store::get_dataset(&state.pool, team, id).await?.is_none() {
         return Err(ApiError::not_found("dataset"));
     }
-    let manifest = jobs::extractor(
-        q.extractor.as_deref(),
-        &Registry::new(state.models_dir.clone()),
-    )?;
+    let manifest = jobs::extractor(q.extractor.as_deref(), &state.registry())?;
     let sha256 = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&body))
     };
-    let gaussian = tokio::task::spawn_blocking(move || {
+    let gaussian = super::blocking(move || {
         crate::score::read_statistics_from(std::io::Cursor::new(body), "the uploaded file")
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
+    .await?
     .map_err(|e| ApiError::Unprocessable(format!("{e:#}")))?;
     let ds = store::register_statistics(&state.pool, team, id, &manifest.id, &gaussian, &sha256)
         .await

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal, Problem};
-use crate::features::Registry;
 use crate::jobs::{self, JobSpec, MatrixRequest, ScoreRequest, Work};
 use crate::score::MetricName;
 use crate::store::{
@@ -90,10 +89,6 @@ pub struct ExtractorSummary {
     pub description: Option<String>,
 }
 
-fn registry(state: &AppState) -> Registry {
-    Registry::new(state.models_dir.clone())
-}
-
 /// The `Idempotency-Key` request header (for the OpenAPI description).
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -138,33 +133,9 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let mut body = body;
-    statistics_default_metrics(&state, team, &[body.source, body.target], &mut body.metrics)
-        .await?;
-    let (spec, manifest) = JobSpec::score(body, &registry(&state))?;
-    submit(&state, team, spec, &manifest, key).await
-}
-
-/// A request that names no metrics, with a statistics dataset among its sets, asks for what such
-/// a dataset can answer: FID, as `gapmeter score` does for an `.npz` argument. (Named metrics it
-/// cannot answer are refused by `submit`.)
-async fn statistics_default_metrics(
-    state: &AppState,
-    team: TeamId,
-    datasets: &[DatasetId],
-    metrics: &mut Option<Vec<MetricName>>,
-) -> Result<(), ApiError> {
-    if metrics.is_some() {
-        return Ok(());
-    }
-    for id in datasets {
-        let ds = store::get_dataset(&state.pool, team, *id).await?;
-        if ds.is_some_and(|d| d.kind == DatasetKind::Statistics) {
-            *metrics = Some(vec![MetricName::Fid]);
-            break;
-        }
-    }
-    Ok(())
+    let defaulted = body.metrics.is_none();
+    let (spec, manifest) = JobSpec::score(body, &state.registry())?;
+    submit(&state, team, spec, &manifest, key, defaulted).await
 }
 
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
@@ -180,25 +151,36 @@ pub async fn create_matrix(
 ) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
     let team = who.team(Scope::Write)?;
     let key = idempotency_key(&headers)?;
-    let mut body = body;
-    statistics_default_metrics(&state, team, &body.datasets, &mut body.metrics).await?;
-    let (spec, manifest) = JobSpec::matrix(body, &registry(&state))?;
-    submit(&state, team, spec, &manifest, key).await
+    let defaulted = body.metrics.is_none();
+    let (spec, manifest) = JobSpec::matrix(body, &state.registry())?;
+    submit(&state, team, spec, &manifest, key, defaulted).await
 }
 
 #[tracing::instrument(skip(state, spec, manifest))]
+/// `metrics_defaulted`: the request named no metrics, so a statistics dataset among its sets
+/// narrows them to what it can answer, FID (as `gapmeter score` does for an `.npz` argument);
+/// metrics a request names and a statistics dataset cannot answer are refused.
 async fn submit(
     state: &AppState,
     team: TeamId,
-    spec: JobSpec,
+    mut spec: JobSpec,
     manifest: &crate::features::Manifest,
     idempotency_key: Option<String>,
+    metrics_defaulted: bool,
 ) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
-    let mut contents = Vec::with_capacity(spec.datasets.len());
+    let mut datasets = Vec::with_capacity(spec.datasets.len());
     for id in &spec.datasets {
         let ds = store::get_dataset(&state.pool, team, *id)
             .await?
             .ok_or_else(|| ApiError::Unprocessable(format!("no dataset {id}")))?;
+        datasets.push(ds);
+    }
+    if metrics_defaulted && datasets.iter().any(|d| d.kind == DatasetKind::Statistics) {
+        spec.metrics = vec![MetricName::Fid];
+    }
+    let mut contents = Vec::with_capacity(datasets.len());
+    for ds in datasets {
+        let id = ds.id;
         if ds.status != DatasetStatus::Ready {
             return Err(ApiError::Conflict(format!(
                 "dataset {:?} ({id}) is {}: only a ready dataset can be scored{}",
@@ -481,10 +463,8 @@ pub async fn extractors(
     who: Principal,
 ) -> Result<Json<Vec<ExtractorSummary>>, ApiError> {
     who.require(Scope::Read)?;
-    let reg = registry(&state);
-    let (found, _errors) = tokio::task::spawn_blocking(move || reg.list())
-        .await
-        .map_err(anyhow::Error::from)?;
+    let reg = state.registry();
+    let (found, _errors) = super::blocking(move || reg.list()).await?;
     Ok(Json(
         found
             .into_iter()

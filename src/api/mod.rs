@@ -44,6 +44,23 @@ pub struct AppState {
     pub job_events: tokio::sync::broadcast::Sender<crate::store::JobId>,
 }
 
+impl AppState {
+    /// The extractors of the models directory, as jobs name them.
+    pub fn registry(&self) -> crate::features::Registry {
+        crate::features::Registry::new(self.models_dir.clone())
+    }
+}
+
+/// Runs CPU-bound or blocking work (decoding, `.npz` encoding, directory scans) off the async
+/// runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
 /// Forwards the database's job-event notifications (written by any worker anywhere) to the
 /// event streams of this process. Reconnects after errors; streams also poll, so a gap only
 /// delays them.

@@ -1117,22 +1117,7 @@ async fn a_reduced_precision_job_reports_its_deviation_and_keeps_its_features_ap
     assert_eq!(full["work"]["images_extracted"], 48, "{}", full["work"]);
     assert!(!full["result"]["warnings"].to_string().contains("bf16"));
     assert!(full["result"]["extractor"].get("precision").is_none());
-    let cli: Value = serde_json::from_str(&gapmeter_cli(
-        &root(),
-        &[
-            "score",
-            "examples/A",
-            "examples/B",
-            "--extractor",
-            "tiny-cnn",
-            "--metrics",
-            "fid",
-            "--format",
-            "json",
-            "--no-progress",
-        ],
-    ))
-    .unwrap();
+    let cli = tiny_score(&root(), "examples/A", "examples/B");
     let fid = |v: &Value| v["metrics"]["fid"]["value"].as_f64().unwrap();
     assert!(close(fid(&cli), fid(&full["result"])), "{cli} vs {full}");
     assert_ne!(fid(&reduced["result"]), fid(&full["result"]));
