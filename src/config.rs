@@ -1,5 +1,6 @@
 //! Service configuration: `config/gapmeter.toml` (or `--config`), overridden by
 //! `GAPMETER_<SECTION>__<KEY>` environment variables and `DATABASE_URL`.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -17,6 +18,9 @@ pub struct Config {
     pub queue: QueueConfig,
     pub worker: WorkerSettings,
     pub cache: CacheConfig,
+    pub retention: RetentionConfig,
+    pub quotas: QuotaConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +42,8 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub url: String,
+    /// object_store options (`endpoint`, `region`, `allow_http`, ...) for a remote store.
+    pub options: BTreeMap<String, String>,
 }
 
 /// Upload limits; every one is enforced while streaming, before anything is stored.
@@ -59,6 +65,8 @@ pub struct IngestConfig {
     pub allow_http: bool,
     pub allow_object_store: bool,
     pub allow_private_addresses: bool,
+    /// object_store options for s3://, gs:// and az:// dataset URIs.
+    pub object_store_options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +101,8 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// `auto` or images per forward pass.
     pub batch_size: Setting,
+    /// Where `gapmeter worker` serves `/metrics` and `/healthz`; empty = nowhere.
+    pub metrics_addr: String,
 }
 
 impl WorkerSettings {
@@ -126,6 +136,35 @@ impl std::fmt::Display for Setting {
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     pub share_across_teams: bool,
+}
+
+/// What the sweeper deletes, and how often it runs (`0` turns a rule off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub sweep_interval_secs: u64,
+    pub finished_job_days: u32,
+    pub unreferenced_cache_days: u32,
+    pub feature_cache_bytes: u64,
+    pub orphan_blob_grace_secs: u64,
+}
+
+/// Default per-team limits (`0` = unlimited); a team's own row overrides them.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub datasets: u64,
+    pub images: u64,
+    pub bytes: u64,
+    pub active_jobs: u64,
+}
+
+/// Requests per second per API key (a token bucket of `burst`); `0` = unlimited.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: u64,
+    pub burst: u32,
 }
 
 /// The defaults, as shipped in `config/gapmeter.toml` (compiled in, so a binary without the file
@@ -230,6 +269,29 @@ mod tests {
         assert_eq!(c.database.url, "postgres://x@y/z");
         assert_eq!(c.auth.admin_key, "secret-key");
         assert_eq!(c.limits.image_pixels, 89_478_485);
+        assert!(c.storage.options.is_empty());
+    }
+
+    #[test]
+    fn object_store_options_and_new_sections_come_from_the_environment() {
+        let c = Config::from_overrides([
+            (
+                "GAPMETER_STORAGE__OPTIONS",
+                r#"{ endpoint = "http://s3:9000", allow_http = "true" }"#,
+            ),
+            ("GAPMETER_QUOTAS__ACTIVE_JOBS", "4"),
+            ("GAPMETER_RATE_LIMIT__REQUESTS_PER_SECOND", "20"),
+            ("GAPMETER_WORKER__METRICS_ADDR", "0.0.0.0:9091"),
+            ("GAPMETER_RETENTION__FEATURE_CACHE_BYTES", "1000000"),
+        ])
+        .unwrap();
+        assert_eq!(c.storage.options["endpoint"], "http://s3:9000");
+        assert_eq!(c.storage.options["allow_http"], "true");
+        assert_eq!(c.quotas.active_jobs, 4);
+        assert_eq!(c.quotas.datasets, 0);
+        assert_eq!(c.rate_limit.requests_per_second, 20);
+        assert_eq!(c.worker.metrics_addr, "0.0.0.0:9091");
+        assert_eq!(c.retention.feature_cache_bytes, 1_000_000);
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn bad_cursor() -> ApiError {
 /// `POST /v1/datasets`: an empty dataset (201), or one filled from `uri` by an ingest job (202,
 /// `Location` names the job).
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", request_body = CreateDataset,
-    responses((status = 201, body = Dataset), (status = 202, body = Dataset, description = "ingesting from the URI", headers(("Location" = String, description = "the ingest job"), ("Content-Location" = String, description = "the dataset"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 201, body = Dataset), (status = 202, body = Dataset, description = "ingesting from the URI", headers(("Location" = String, description = "the ingest job"), ("Content-Location" = String, description = "the dataset"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json", description = "over the team's active-jobs quota (Retry-After) or the key's rate limit")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -132,6 +132,13 @@ pub async fn create(
     // The dataset and its ingest job exist together or not at all: a dropped request leaves
     // nothing half made.
     let mut tx = state.pool.begin().await?;
+    let adding = store::Usage {
+        datasets: 1,
+        ..Default::default()
+    };
+    store::check_quota(&mut tx, team, state.quotas(), adding)
+        .await?
+        .map_err(ApiError::QuotaExceeded)?;
     let job = body.uri.as_ref().map(|_| JobId::new());
     let ds = store::create_dataset(&mut tx, team, &body.name, body.uri.as_deref(), job).await?;
     if let (Some(uri), Some(job_id)) = (&body.uri, job) {
@@ -151,13 +158,19 @@ pub async fn create(
                 request_hash: spec.request_hash(),
                 max_attempts: state.config.queue.max_attempts.max(1),
                 finished: None,
+                quotas: Some(state.quotas()),
             },
         )
         .await?;
-        if !matches!(enqueued, Enqueued::Created(_)) {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the ingest job was not created"
-            )));
+        match enqueued {
+            Enqueued::Created(_) => {}
+            // Dropping the transaction takes the dataset back too.
+            Enqueued::OverQuota(over) => return Err(ApiError::QuotaExceeded(over)),
+            _ => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the ingest job was not created"
+                )))
+            }
         }
     }
     tx.commit().await?;
@@ -451,7 +464,7 @@ pub struct UploadForm {
 #[utoipa::path(post, path = "/v1/datasets/{id}/images", tag = "datasets",
     params(("id" = String, Path, format = Uuid, description = "dataset id")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = UploadResult), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 413, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json", description = "over the team's active-jobs quota (Retry-After) or the key's rate limit")),
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -478,7 +491,15 @@ pub async fn upload(
         )));
     }
     let limits = &state.config.limits;
-    let mut ing = Ingestor::new(&state.pool, &state.blobs, limits, id);
+    let quotas = {
+        let mut conn = state.pool.acquire().await?;
+        let quotas = store::team_quotas(&mut conn, team)
+            .await?
+            .over(state.quotas());
+        let usage = store::team_usage(&mut conn, team).await?;
+        quotas.remaining(&usage)
+    };
+    let mut ing = Ingestor::new(&state.pool, &state.blobs, limits, id).with_budget(quotas);
     let mut received = 0u64;
     let mut index = 0usize;
     let mut non_files: Vec<String> = Vec::new();
@@ -523,6 +544,7 @@ pub async fn upload(
                 .map_err(|e| match e {
                     IngestError::Store(e) => ApiError::Internal(e),
                     IngestError::Interrupted => ApiError::Internal(anyhow::anyhow!("interrupted")),
+                    IngestError::OverQuota(over) => ApiError::QuotaExceeded(over),
                 })?;
         }
         Ok(())
@@ -549,8 +571,22 @@ pub async fn upload(
         .with_label_values(&["multipart"])
         .inc_by(received);
     record_outcomes(&state, &ing.summary);
-    // Whatever was stored stays stored, even when the request ended in an error.
+    // Whatever was stored stays stored, even when the request ended in an error, except over a
+    // quota: then the request is refused whole.
     store::refresh_dataset(&state.pool, id).await?;
+    let result = match result {
+        Ok(()) if ing.added().images > 0 => {
+            // Another upload of the team may have counted since this one measured its room.
+            let mut tx = state.pool.begin().await?;
+            let fits = store::recheck_quota(&mut tx, team, state.quotas(), ing.added()).await?;
+            tx.commit().await?;
+            fits.map_err(ApiError::QuotaExceeded)
+        }
+        other => other,
+    };
+    if let Err(ApiError::QuotaExceeded(_)) = &result {
+        store::remove_members(&state.pool, &state.blobs, id, &ing.added_paths()).await?;
+    }
     result?;
     let dataset = store::get_dataset(&state.pool, team, id)
         .await?

@@ -4,6 +4,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// What a request over the active-jobs limit is told to wait: about one short job.
+const ACTIVE_JOBS_RETRY_SECS: u64 = 10;
+
 /// Problem details, as every error response carries them.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -13,6 +16,10 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// The limit a request went over (`datasets`, `images`, `bytes`, `active_jobs`,
+    /// `requests_per_second`): on `/problems/quota-exceeded` and `/problems/rate-limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over a team quota: 403, or 429 with `Retry-After` for active jobs (they finish).
+    #[error("{0}")]
+    QuotaExceeded(crate::store::OverQuota),
+    /// Over the key's request rate: 429 with `Retry-After`.
+    #[error("this key is over its limit of {per_second} requests per second; retry after {retry_after_secs} s")]
+    RateLimited {
+        per_second: u64,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -71,6 +87,19 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::QuotaExceeded(over) if over.limit == crate::store::Limit::ActiveJobs => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+            ),
+            ApiError::QuotaExceeded(_) => {
+                (StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded")
+            }
+            ApiError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -81,6 +110,24 @@ impl ApiError {
 
     pub fn not_found(what: &str) -> Self {
         ApiError::NotFound(format!("no such {what}"))
+    }
+
+    /// The limit named in the problem, and how long to wait before retrying (when waiting helps).
+    fn limit(&self) -> (Option<String>, Option<u64>) {
+        match self {
+            ApiError::QuotaExceeded(over) => (
+                Some(over.limit.as_str().to_string()),
+                // Active jobs end on their own; stored data does not go away by waiting.
+                (over.limit == crate::store::Limit::ActiveJobs).then_some(ACTIVE_JOBS_RETRY_SECS),
+            ),
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => (
+                Some("requests_per_second".to_string()),
+                Some(*retry_after_secs),
+            ),
+            _ => (None, None),
+        }
     }
 }
 
@@ -111,6 +158,7 @@ impl From<crate::ingest::UriError> for ApiError {
             UriError::Forbidden(m) => ApiError::Forbidden(m),
             UriError::Internal(e) => ApiError::Internal(e),
             UriError::Interrupted => ApiError::Unavailable("the ingest was interrupted".into()),
+            UriError::OverQuota(over) => ApiError::QuotaExceeded(over),
         }
     }
 }
@@ -126,19 +174,27 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        let (limit, retry_after) = self.limit();
         let body = Problem {
             kind: format!("/problems/{kind}"),
             title: title.to_string(),
             status: status.as_u16(),
             detail,
+            limit,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             json,
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

@@ -49,6 +49,7 @@ pub fn problem(f: &Failure) -> Problem {
         title: title.into(),
         status,
         detail: f.detail.clone(),
+        limit: None,
     }
 }
 
@@ -123,7 +124,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// result is cached is created already `succeeded`.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = ScoreRequest,
     params(IdempotencyHeader),
-    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json", description = "over the team's active-jobs quota (Retry-After) or the key's rate limit")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -141,7 +142,7 @@ pub async fn create(
 /// `POST /v1/matrix`: the pairwise gap table of several datasets, as a job.
 #[utoipa::path(post, path = "/v1/matrix", tag = "jobs", request_body = MatrixRequest,
     params(IdempotencyHeader),
-    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json", description = "over the team's active-jobs quota (Retry-After) or the key's rate limit")),
     security(("bearer" = [])))]
 pub async fn create_matrix(
     State(state): State<AppState>,
@@ -224,6 +225,7 @@ async fn submit(
         request_hash: spec.request_hash(),
         max_attempts: state.config.queue.max_attempts.max(1),
         finished,
+        quotas: Some(state.quotas()),
     };
     let mut tx = state.pool.begin().await?;
     let enqueued = store::enqueue(&mut tx, &job).await?;
@@ -236,6 +238,7 @@ async fn submit(
                 "this Idempotency-Key was used for job {id} with a different request"
             )))
         }
+        Enqueued::OverQuota(over) => return Err(ApiError::QuotaExceeded(over)),
     };
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -25,9 +25,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-pub use auth::Principal;
+pub use auth::{Principal, RateLimit};
 pub use error::{ApiError, Problem};
-pub use telemetry::Metrics;
+pub use telemetry::{serve_metrics, Metrics};
 
 use crate::config::Config;
 use crate::store::Blobs;
@@ -42,9 +42,22 @@ pub struct AppState {
     pub models_dir: std::path::PathBuf,
     /// Ids of jobs that have a new event (from LISTEN, see [`listen_job_events`]).
     pub job_events: tokio::sync::broadcast::Sender<crate::store::JobId>,
+    /// Requests per second per key (`[rate_limit]`); `None` = unlimited.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl AppState {
+    /// The instance's default per-team limits (`[quotas]`).
+    pub fn quotas(&self) -> crate::store::Quotas {
+        let q = &self.config.quotas;
+        crate::store::Quotas {
+            datasets: q.datasets,
+            images: q.images,
+            bytes: q.bytes,
+            active_jobs: q.active_jobs,
+        }
+    }
+
     /// The extractors of the models directory, as jobs name them.
     pub fn registry(&self) -> crate::features::Registry {
         crate::features::Registry::new(self.models_dir.clone())
@@ -97,13 +110,13 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
     info(title = "gapmeter", description = "Domain-gap measurement service: datasets, images, scoring jobs."),
     paths(
         health::healthz, health::readyz, telemetry::metrics,
-        teams::create_team, teams::create_key, teams::revoke_key,
+        teams::create_team, teams::create_key, teams::revoke_key, teams::set_quotas, teams::my_quotas,
         datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics, datasets::register_statistics, datasets::thumbnail,
         jobs::create, jobs::create_matrix, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
     ),
     components(schemas(
         Problem, health::Health, health::Readiness,
-        teams::CreateTeam, teams::CreateKey, crate::store::Team, crate::store::ApiKey, crate::store::NewKey, crate::store::Scope,
+        teams::CreateTeam, teams::CreateKey, teams::QuotaStatus, crate::store::Quotas, crate::store::QuotaOverrides, crate::store::Usage, crate::store::Team, crate::store::ApiKey, crate::store::NewKey, crate::store::Scope,
         datasets::CreateDataset, datasets::UploadResult, datasets::DatasetPage, datasets::ImagePage, datasets::UploadForm,
         crate::store::Dataset, crate::store::DatasetStatus, crate::store::DatasetKind, crate::store::DatasetImage, crate::store::FormatCount,
         crate::ingest::IngestSummary, crate::ingest::FileOutcome, crate::ingest::Outcome,
@@ -147,6 +160,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/teams", post(teams::create_team))
         .route("/teams/{id}/keys", post(teams::create_key))
+        .route("/teams/{id}/quotas", put(teams::set_quotas))
+        .route("/quotas", get(teams::my_quotas))
         .route("/keys/{id}", delete(teams::revoke_key))
         .route("/datasets", post(datasets::create).get(datasets::list))
         .route(

@@ -92,3 +92,56 @@ pub async fn revoke_key(
         Err(ApiError::not_found("key"))
     }
 }
+
+/// A team's limits: those in force (its own, else the instance's), its own, and its usage.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct QuotaStatus {
+    /// The limits that apply (0 = unlimited).
+    pub limits: store::Quotas,
+    /// The team's own limits; `null` fields use the instance default.
+    pub team: store::QuotaOverrides,
+    pub usage: store::Usage,
+}
+
+async fn quota_status(state: &AppState, team: TeamId) -> Result<QuotaStatus, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let own = store::team_quotas(&mut conn, team).await?;
+    let usage = store::team_usage(&mut conn, team).await?;
+    Ok(QuotaStatus {
+        limits: own.over(state.quotas()),
+        team: own,
+        usage,
+    })
+}
+
+/// `GET /v1/quotas`: the calling team's limits and usage.
+#[utoipa::path(get, path = "/v1/quotas", tag = "datasets",
+    responses((status = 200, body = QuotaStatus), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn my_quotas(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<QuotaStatus>, ApiError> {
+    let team = who.team(Scope::Read)?;
+    Ok(Json(quota_status(&state, team).await?))
+}
+
+/// `PUT /v1/teams/{id}/quotas` (admin): replaces the team's own limits (a missing or `null`
+/// field falls back to the instance default; 0 = unlimited). Lowering a limit below the usage
+/// deletes nothing: it refuses what would add more.
+#[utoipa::path(put, path = "/v1/teams/{id}/quotas", tag = "admin", request_body = store::QuotaOverrides,
+    params(("id" = String, Path, format = Uuid, description = "team id")),
+    responses((status = 200, body = QuotaStatus), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 404, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn set_quotas(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(id): ApiPath<TeamId>,
+    ApiJson(body): ApiJson<store::QuotaOverrides>,
+) -> Result<Json<QuotaStatus>, ApiError> {
+    who.require(Scope::Admin)?;
+    if !store::set_team_quotas(&state.pool, id, body).await? {
+        return Err(ApiError::not_found("team"));
+    }
+    Ok(Json(quota_status(&state, id).await?))
+}

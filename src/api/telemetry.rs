@@ -19,6 +19,13 @@ pub struct Metrics {
     pub upload_bytes: IntCounterVec,
     /// Jobs by status, read from the queue at each scrape (workers may run anywhere).
     pub jobs: IntGaugeVec,
+    /// Age of the oldest queued job, read at each scrape (0 when none waits).
+    pub oldest_queued: prometheus::Gauge,
+    /// Retention sweeps run by this process, and what they deleted.
+    pub sweeps: IntCounterVec,
+    pub swept: IntCounterVec,
+    /// Run before each scrape (an in-process worker reads its GPUs).
+    scrape_hooks: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Metrics {
@@ -55,6 +62,28 @@ impl Metrics {
             &["status"],
         )?;
         registry.register(Box::new(jobs.clone()))?;
+        let oldest_queued = prometheus::Gauge::new(
+            "queue_oldest_queued_seconds",
+            "Age of the oldest job waiting in the queue (0 when none waits)",
+        )?;
+        let sweeps = IntCounterVec::new(
+            Opts::new(
+                "retention_sweeps_total",
+                "Retention sweeps: `done`, `skipped` (another process held the lock), `failed`",
+            ),
+            &["outcome"],
+        )?;
+        let swept = IntCounterVec::new(
+            Opts::new(
+                "retention_deleted_total",
+                "What retention sweeps deleted: jobs, results, statistics, feature_rows, \
+                 feature_bytes, blobs",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(oldest_queued.clone()))?;
+        registry.register(Box::new(sweeps.clone()))?;
+        registry.register(Box::new(swept.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -62,10 +91,50 @@ impl Metrics {
             upload_files,
             upload_bytes,
             jobs,
+            oldest_queued,
+            sweeps,
+            swept,
+            scrape_hooks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
+    /// The registry, for instruments of the same process (an in-process worker's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs `hook` before every scrape.
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.scrape_hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    /// Counts a sweep and what it deleted.
+    pub fn record_sweep(&self, report: Option<&crate::store::SweepReport>) {
+        let Some(r) = report else {
+            self.sweeps.with_label_values(&["skipped"]).inc();
+            return;
+        };
+        self.sweeps.with_label_values(&["done"]).inc();
+        for (what, n) in [
+            ("jobs", r.jobs),
+            ("results", r.results),
+            ("statistics", r.statistics),
+            ("feature_rows", r.feature_rows),
+            ("feature_bytes", r.feature_bytes),
+            ("blobs", r.blobs),
+        ] {
+            self.swept.with_label_values(&[what]).inc_by(n);
+        }
+    }
+
     fn render(&self) -> Vec<u8> {
+        if let Ok(hooks) = self.scrape_hooks.lock() {
+            for hook in hooks.iter() {
+                hook();
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
@@ -112,8 +181,48 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "could not count jobs for /metrics"),
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    match crate::store::oldest_queued_age(&state.pool).await {
+        Ok(age) => state.metrics.oldest_queued.set(age.unwrap_or(0.0)),
+        Err(e) => tracing::warn!(error = %e, "could not read the queue's age for /metrics"),
+    }
+    let metrics = state.metrics.clone();
+    // Scrape hooks may read the GPUs (NVML): off the runtime's threads.
+    let body = tokio::task::spawn_blocking(move || metrics.render())
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Serves a process's own `/metrics` (what `render` prints) and `/healthz` on `addr` until
+/// `shutdown`: a `gapmeter worker`'s endpoint, which has no API beside it.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    render: std::sync::Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move {
+                    // Rendering may read the GPUs (NVML): off the runtime's threads.
+                    let body = tokio::task::spawn_blocking(move || render())
+                        .await
+                        .unwrap_or_default();
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    tracing::info!(%addr, "metrics listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
 }

@@ -34,6 +34,9 @@ pub enum Command {
     Worker(service::WorkerArgs),
     /// Apply database migrations.
     Migrate(service::ConfigArg),
+    /// Run one retention sweep now (what `serve` does every retention.sweep_interval_secs) and
+    /// print what it deleted as JSON.
+    Sweep(service::ConfigArg),
     /// Print the OpenAPI description of the HTTP API.
     Openapi,
     /// Use a running service: upload folders, run jobs, print results.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => service::serve(args),
         Command::Worker(args) => service::worker(args),
         Command::Migrate(args) => service::migrate(args),
+        Command::Sweep(args) => service::sweep(args),
         Command::Openapi => service::openapi(),
         Command::Admin(cmd) => service::admin(cmd),
         Command::Client(args) => client::run(args),

@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// Images per forward pass: auto or a number [default: worker.batch_size].
     #[arg(long)]
     pub batch_size: Option<BatchSize>,
+    /// Serve Prometheus /metrics and /healthz on this address, e.g. 0.0.0.0:9091
+    /// [default: worker.metrics_addr].
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +96,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let app = Application::build(config, models).await?;
         eprintln!("gapmeter listening on port {}", app.port());
+        tokio::spawn(app.sweeper(crate::app::shutdown_signal()));
         let worker = if in_process {
             let w = app.worker()?;
             eprintln!("in-process worker {} started", w.id());
@@ -119,6 +124,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(b) = args.batch_size {
         options.batch_size = b;
     }
+    if let Some(a) = args.metrics_addr {
+        options.metrics_addr = Some(a);
+    }
     let registry = Registry::new(args.models_dir.unwrap_or_else(default_models_dir));
     // Before the queue is touched: a worker that cannot run jobs must not claim any.
     let models = Models::open(&options.devices)?;
@@ -134,10 +142,36 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         )
         .await?;
         store::migrate(&pool).await?;
-        let blobs = Blobs::open(&config.storage.url)?;
-        let worker = Worker::with_models(pool, blobs, registry, options, Arc::new(models));
+        let blobs = Blobs::open_with(&config.storage.url, &config.storage.options)?;
+        let metrics_addr = options.metrics_addr;
+        let worker = Worker::with_models(pool, blobs, registry, options, Arc::new(models))?;
+        if let Some(addr) = metrics_addr {
+            let metrics = worker.metrics();
+            let render = Arc::new(move || metrics.render());
+            let server = crate::api::serve_metrics(addr, render, crate::app::shutdown_signal());
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = format!("{e:#}"), "worker metrics server stopped");
+                }
+            });
+            eprintln!("worker metrics on http://{addr}/metrics");
+        }
         eprintln!("worker {} started", worker.id());
         worker.run(crate::app::shutdown_signal()).await
+    })
+}
+
+pub fn sweep(args: ConfigArg) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let policy = crate::app::retention_policy(&config);
+    runtime()?.block_on(async {
+        let pool = pool(&config).await?;
+        let blobs = Blobs::open_with(&config.storage.url, &config.storage.options)?;
+        match store::sweep(&pool, &blobs, &policy).await? {
+            Some(report) => println!("{}", serde_json::to_string_pretty(&report)?),
+            None => eprintln!("another process is sweeping; nothing done"),
+        }
+        Ok(())
     })
 }
 

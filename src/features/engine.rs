@@ -135,6 +135,8 @@ pub struct Chunk {
     pub kept: Vec<usize>,
     /// The model's outputs (on the CPU); `None` when every input of the chunk was rejected.
     pub outputs: Option<ExtractedBatch>,
+    /// The device whose replica ran it (`None` with no outputs).
+    pub device: Option<DeviceSpec>,
 }
 
 /// What a run did, for tests and logs.
@@ -377,6 +379,7 @@ impl Engine {
                         rejected: job.rejected,
                         kept: job.kept,
                         outputs: Some(outputs),
+                        device: Some(replica.device),
                     };
                     let _ = tx.send(Event::Done(job.seq, chunk));
                 }
@@ -588,6 +591,7 @@ where
                 rejected: job.rejected,
                 kept: Vec::new(),
                 outputs: None,
+                device: None,
             };
             let _ = tx.send(Event::Done(seq, chunk));
         } else if let Ok(mut st) = shared.lock() {

@@ -87,6 +87,10 @@ pub enum IngestError {
     /// The database or the blob store failed.
     #[error(transparent)]
     Store(#[from] anyhow::Error),
+    /// The file just added took the team over a quota. The caller takes back what this ingest
+    /// added ([`Ingestor::added_paths`]), so a refused ingest leaves nothing behind.
+    #[error("{0}")]
+    OverQuota(store::OverQuota),
 }
 
 /// A path as a folder would hold it: `/`-separated, without empty or `.` components. `None`
@@ -205,6 +209,10 @@ pub struct Ingestor<'a> {
     files: u64,
     interrupt: Option<Arc<AtomicBool>>,
     counters: Arc<IngestCounters>,
+    /// Room left under the team's quotas; `None` = not checked.
+    budget: Option<store::Remaining>,
+    /// Files and bytes this ingest made members.
+    added: store::Usage,
     pub summary: IngestSummary,
 }
 
@@ -218,8 +226,32 @@ impl<'a> Ingestor<'a> {
             files: 0,
             interrupt: None,
             counters: Arc::default(),
+            budget: None,
+            added: store::Usage::default(),
             summary: IngestSummary::default(),
         }
+    }
+
+    /// Stops the ingest at the first file that does not fit `budget` (the team's quotas).
+    pub fn with_budget(mut self, budget: store::Remaining) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Files and bytes this ingest made members (what it adds to the team's usage).
+    pub fn added(&self) -> store::Usage {
+        self.added
+    }
+
+    /// The paths this ingest made members (accepted or duplicate): what a refused ingest takes
+    /// back.
+    pub fn added_paths(&self) -> Vec<String> {
+        self.summary
+            .files
+            .iter()
+            .filter(|f| matches!(f.outcome, Outcome::Accepted | Outcome::Duplicate))
+            .map(|f| f.name.clone())
+            .collect()
     }
 
     /// Stops the ingest at the next file once `flag` is raised.
@@ -337,12 +369,24 @@ impl<'a> Ingestor<'a> {
                 )),
             ),
         };
+        let added = matches!(outcome, Outcome::Accepted | Outcome::Duplicate);
         self.record(FileOutcome {
             name: path,
             outcome,
             reason,
             hash: Some(hex::encode(meta.hash)),
         });
+        // Judged after the member exists: whether a file adds anything (or only re-uploads what
+        // the path holds) is known only then, and a refusal takes every addition back anyway.
+        if added {
+            self.added.images += 1;
+            self.added.bytes += meta.bytes.max(0) as u64;
+        }
+        if let (true, Some(budget)) = (added, self.budget.as_mut()) {
+            budget
+                .spend(meta.bytes.max(0) as u64)
+                .map_err(IngestError::OverQuota)?;
+        }
         Ok(())
     }
 

@@ -24,6 +24,9 @@ pub enum UriError {
     /// The ingest was told to stop (its job was cancelled or released).
     #[error("interrupted")]
     Interrupted,
+    /// A file took the team over a quota (see [`IngestError::OverQuota`]).
+    #[error("{0}")]
+    OverQuota(crate::store::OverQuota),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -33,6 +36,7 @@ impl From<IngestError> for UriError {
         match e {
             IngestError::Interrupted => UriError::Interrupted,
             IngestError::Store(e) => UriError::Internal(e),
+            IngestError::OverQuota(over) => UriError::OverQuota(over),
         }
     }
 }
@@ -137,7 +141,7 @@ pub async fn ingest_uri(
         "file" => ingest_file_uri(ing, &url, cfg).await,
         "http" | "https" => ingest_http(ing, &url, cfg, request_bytes).await,
         "s3" | "gs" | "az" | "abfs" | "abfss" => {
-            ingest_object_store(ing, &url, request_bytes).await
+            ingest_object_store(ing, &url, &cfg.object_store_options, request_bytes).await
         }
         other => Err(UriError::Invalid(format!(
             "unsupported URI scheme {other:?}: use file, http(s), s3, gs or az"
@@ -363,16 +367,11 @@ async fn ingest_http(
 async fn ingest_object_store(
     ing: &mut Ingestor<'_>,
     url: &url::Url,
+    options: &std::collections::BTreeMap<String, String>,
     request_bytes: u64,
 ) -> Result<(), UriError> {
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-        })
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
-    let (store, prefix) = object_store::parse_url_opts(url, env)
-        .map_err(|e| UriError::Invalid(format!("{url}: {e}")))?;
+    let (store, prefix) = crate::store::open_object_store(url, options)
+        .map_err(|e| UriError::Invalid(format!("{url}: {e:#}")))?;
     let mut listing = store.list(Some(&prefix));
     let mut objects = Vec::new();
     while let Some(meta) = listing.next().await {
@@ -380,7 +379,7 @@ async fn ingest_object_store(
     }
     objects.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
     for meta in objects {
-        let name = meta.location.to_string();
+        let name = relative_name(&meta.location, &prefix);
         if meta.size > request_bytes {
             if ing.admit(&name) {
                 ing.reject(
@@ -410,9 +409,42 @@ async fn ingest_object_store(
     Ok(())
 }
 
+/// An object's member path: its key below the URI's prefix, as a folder's files are named below
+/// the folder (a URI naming one object gives its file name).
+fn relative_name(location: &object_store::path::Path, prefix: &object_store::path::Path) -> String {
+    let below: Vec<String> = location
+        .prefix_match(prefix)
+        .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+        .unwrap_or_default();
+    if below.is_empty() {
+        location
+            .filename()
+            .map_or_else(|| location.to_string(), str::to_string)
+    } else {
+        below.join("/")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_are_relative_to_the_uri_prefix() {
+        use object_store::path::Path as P;
+        let prefix = P::from("sets/b");
+        assert_eq!(relative_name(&P::from("sets/b/x.png"), &prefix), "x.png");
+        assert_eq!(
+            relative_name(&P::from("sets/b/sub/y.png"), &prefix),
+            "sub/y.png"
+        );
+        assert_eq!(
+            relative_name(&P::from("sets/b"), &P::from("sets/b")),
+            "b",
+            "a URI naming one object"
+        );
+        assert_eq!(relative_name(&P::from("a/z.png"), &P::from("")), "a/z.png");
+    }
 
     fn policy(roots: &[&str]) -> IngestConfig {
         IngestConfig {
@@ -420,6 +452,7 @@ mod tests {
             allow_http: true,
             allow_object_store: false,
             allow_private_addresses: false,
+            object_store_options: Default::default(),
         }
     }
 
@@ -451,6 +484,7 @@ mod tests {
             allow_http: true,
             allow_object_store: false,
             allow_private_addresses,
+            object_store_options: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Content-addressed image bytes in an object store: a local directory by default, S3, GCS,
 //! Azure or HTTP by URL.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -18,6 +19,12 @@ impl Blobs {
     /// Opens the store named by `url`: `file:///abs/dir` or `file://rel/dir` (created if missing),
     /// `s3://`, `gs://`, `az://`, `http(s)://` (credentials from the environment).
     pub fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, &BTreeMap::new())
+    }
+
+    /// Like [`Blobs::open`], with object_store `options` (`endpoint`, `region`, ...) that win
+    /// over the environment's.
+    pub fn open_with(url: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         if let Some(path) = url.strip_prefix("file://") {
             std::fs::create_dir_all(path)
                 .with_context(|| format!("creating blob directory {path}"))?;
@@ -36,16 +43,10 @@ impl Blobs {
         ) {
             bail!("storage url {url:?}: expected file://, s3://, gs://, az:// or http(s)://");
         }
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-            })
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let (store, prefix) = object_store::parse_url_opts(&parsed, env)
+        let (store, prefix) = open_object_store(&parsed, options)
             .with_context(|| format!("opening storage {url}"))?;
         Ok(Self {
-            store: Arc::from(store),
+            store,
             prefix,
             url: url.to_string(),
         })
@@ -98,6 +99,26 @@ impl Blobs {
         }
     }
 
+    /// Every stored blob: its hash and when it was written (what garbage collection compares
+    /// with the `images` table). Objects under the prefix that are not blobs are left out.
+    pub async fn list(&self) -> anyhow::Result<Vec<([u8; 32], std::time::SystemTime)>> {
+        use futures_util::StreamExt;
+        let root = self.prefix.child("images");
+        let mut listing = self.store.list(Some(&root));
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.context("listing blobs")?;
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(name, &mut hash).is_ok() {
+                out.push((hash, std::time::SystemTime::from(meta.last_modified)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Round-trips a small probe object: the readiness check.
     pub async fn probe(&self) -> anyhow::Result<()> {
         let key = self.prefix.child("readyz-probe");
@@ -105,4 +126,34 @@ impl Blobs {
         self.store.get(&key).await?.bytes().await?;
         Ok(())
     }
+}
+
+/// The object store a remote URL names and the path inside it. Options come from the
+/// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), then from `options`, which win; an option the
+/// provider does not know is an error rather than silently dropped (object_store ignores them).
+pub fn open_object_store(
+    url: &url::Url,
+    options: &BTreeMap<String, String>,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    for key in options.keys() {
+        let known = match url.scheme() {
+            "s3" => key.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
+            "gs" => key.parse::<object_store::gcp::GoogleConfigKey>().is_ok(),
+            "az" | "abfs" | "abfss" => key.parse::<object_store::azure::AzureConfigKey>().is_ok(),
+            _ => key.parse::<object_store::ClientConfigKey>().is_ok(),
+        };
+        if !known {
+            bail!("unknown {} store option {key:?}", url.scheme());
+        }
+    }
+    let env = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v));
+    let all: Vec<(String, String)> = env
+        .chain(options.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    let (store, prefix) = object_store::parse_url_opts(url, all)?;
+    Ok((Arc::from(store), prefix))
 }

@@ -12,7 +12,7 @@ use crate::metrics::FeatureStats;
 
 /// Whose cache entries a job may read and write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheScope(Uuid);
+pub struct CacheScope(pub(super) Uuid);
 
 impl CacheScope {
     /// Entries visible to `team` only.
@@ -141,6 +141,22 @@ pub async fn cached_rows<T: RowElement>(
     .bind(&keys)
     .fetch_all(pool)
     .await?;
+    if !rows.is_empty() {
+        // Recency for the byte budget's eviction. At most hourly per row, so a cache that is
+        // read all day is not also written all day.
+        let hit: Vec<&[u8]> = rows.iter().map(|(h, _)| h.as_slice()).collect();
+        sqlx::query(
+            "UPDATE feature_cache SET used_at = now()
+             WHERE scope = $1 AND extractor = $2 AND tap = $3 AND image_hash = ANY($4)
+               AND used_at < now() - interval '1 hour'",
+        )
+        .bind(scope.0)
+        .bind(extractor)
+        .bind(tap)
+        .bind(&hit)
+        .execute(pool)
+        .await?;
+    }
     Ok(rows
         .into_iter()
         .filter_map(|(h, data)| {
@@ -357,20 +373,23 @@ pub async fn cached_result(
     Ok(row.map(|r| r.0))
 }
 
-/// Caches a finished result of a job over `datasets`.
+/// Caches a finished result of a job over `datasets`, which held `contents` (their content
+/// hashes, in the same order; retention drops the result once any of them changed).
 pub async fn store_result(
     pool: &PgPool,
     scope: CacheScope,
     key: &str,
     datasets: &[DatasetId],
+    contents: &[&str],
     result: &Value,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO result_cache (scope, key, datasets, result) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO result_cache (scope, key, datasets, content_hashes, result) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(scope.0)
     .bind(key)
     .bind(datasets)
+    .bind(contents)
     .bind(result)
     .execute(pool)
     .await?;

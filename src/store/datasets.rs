@@ -557,7 +557,14 @@ pub async fn delete_dataset(
         tx.commit().await?;
         orphans
     };
-    for (hash,) in hashes {
+    let hashes: Vec<Vec<u8>> = hashes.into_iter().map(|(h,)| h).collect();
+    drop_orphans(pool, blobs, &hashes).await?;
+    Ok(true)
+}
+
+/// Deletes the image rows and blobs among `hashes` that no dataset references any more.
+async fn drop_orphans(pool: &PgPool, blobs: &Blobs, hashes: &[Vec<u8>]) -> anyhow::Result<()> {
+    for hash in hashes {
         let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
             continue;
         };
@@ -575,7 +582,75 @@ pub async fn delete_dataset(
         }
         tx.commit().await?;
     }
-    Ok(true)
+    Ok(())
+}
+
+/// Takes back the members at `paths` (what a refused upload had added), with the blobs no other
+/// dataset holds, and recounts the dataset. Returns how many members went.
+pub async fn remove_members(
+    pool: &PgPool,
+    blobs: &Blobs,
+    dataset: DatasetId,
+    paths: &[String],
+) -> anyhow::Result<u64> {
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let removed: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "DELETE FROM dataset_images WHERE dataset_id = $1 AND path = ANY($2) RETURNING image_hash",
+    )
+    .bind(dataset)
+    .bind(paths)
+    .fetch_all(pool)
+    .await?;
+    let mut hashes: Vec<Vec<u8>> = removed.into_iter().map(|(h,)| h).collect();
+    hashes.sort();
+    hashes.dedup();
+    drop_orphans(pool, blobs, &hashes).await?;
+    refresh_dataset(pool, dataset).await?;
+    Ok(hashes.len() as u64)
+}
+
+/// Deletes blobs that have no image row and were written before `older_than`: bytes an upload
+/// stored and then never committed (the process died between the two). Returns the count.
+pub async fn collect_blob_garbage(
+    pool: &PgPool,
+    blobs: &Blobs,
+    older_than: std::time::SystemTime,
+) -> anyhow::Result<u64> {
+    let stored = blobs.list().await?;
+    let candidates: Vec<Vec<u8>> = stored
+        .iter()
+        .filter(|(_, written)| *written < older_than)
+        .map(|(h, _)| h.to_vec())
+        .collect();
+    let mut removed = 0;
+    for chunk in candidates.chunks(1000) {
+        let known: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT hash FROM images WHERE hash = ANY($1)")
+            .bind(chunk)
+            .fetch_all(pool)
+            .await?;
+        let known: std::collections::HashSet<Vec<u8>> = known.into_iter().map(|(h,)| h).collect();
+        for hash in chunk.iter().filter(|h| !known.contains(*h)) {
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                continue;
+            };
+            let mut tx = pool.begin().await?;
+            // The upload path holds this lock from writing the blob to committing its row.
+            lock_hash(&mut tx, &hash).await?;
+            let (row,): (bool,) =
+                sqlx::query_as("SELECT EXISTS (SELECT 1 FROM images WHERE hash = $1)")
+                    .bind(&hash[..])
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !row {
+                blobs.delete(&hash).await?;
+                removed += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

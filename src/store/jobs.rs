@@ -271,6 +271,9 @@ pub struct NewJob {
     pub max_attempts: i32,
     /// Already answered (from the result cache): the job is created `succeeded`.
     pub finished: Option<Finished>,
+    /// The instance's default limits, when the team's active jobs are to be checked (the team's
+    /// own limits override them). A job answered from the cache never counts.
+    pub quotas: Option<super::Quotas>,
 }
 
 /// The outcome of a job that needs no worker.
@@ -288,6 +291,8 @@ pub enum Enqueued {
     Replayed(Job),
     /// The idempotency key was used before with another request.
     KeyConflict(JobId),
+    /// A new job would take the team over its active-jobs limit; nothing was written.
+    OverQuota(super::OverQuota),
 }
 
 /// Inserts a job inside the caller's transaction (so it exists exactly when the caller's other
@@ -295,6 +300,29 @@ pub enum Enqueued {
 #[tracing::instrument(skip_all, fields(team = %job.team, kind = %job.kind))]
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> sqlx::Result<Enqueued> {
     let id = job.id.unwrap_or_default();
+    if let (None, Some(quotas)) = (&job.finished, job.quotas) {
+        // A replayed key finds its job below and is not a new job.
+        let replay = match &job.idempotency_key {
+            Some(key) => sqlx::query_as::<_, (bool,)>(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE team_id = $1 AND idempotency_key = $2)",
+            )
+            .bind(job.team)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?
+            .0,
+            None => false,
+        };
+        if !replay {
+            let adding = super::Usage {
+                active_jobs: 1,
+                ..Default::default()
+            };
+            if let Err(over) = super::check_quota(conn, job.team, quotas, adding).await? {
+                return Ok(Enqueued::OverQuota(over));
+            }
+        }
+    }
     let (status, phase, result, work) = match &job.finished {
         Some(f) => (
             "succeeded",
@@ -541,4 +569,14 @@ pub async fn job_counts(pool: &PgPool) -> sqlx::Result<Vec<(JobStatus, i64)>> {
         .into_iter()
         .filter_map(|(s, n)| Some((JobStatus::parse(&s)?, n)))
         .collect())
+}
+
+/// Seconds the oldest queued job has waited since it was created; `None` when none waits.
+pub async fn oldest_queued_age(pool: &PgPool) -> sqlx::Result<Option<f64>> {
+    let (age,): (Option<f64>,) = sqlx::query_as(
+        "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM jobs WHERE status = 'queued'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(age)
 }

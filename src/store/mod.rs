@@ -9,6 +9,8 @@ mod ids;
 mod jobs;
 mod keys;
 mod queue;
+mod quotas;
+mod retention;
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use anyhow::Context;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use blobs::Blobs;
+pub use blobs::{open_object_store, Blobs};
 pub use cache::{
     cached_result, cached_rows, cached_stats, stats_checkpoint, store_checkpoint, store_result,
     store_rows, store_stats, CacheScope, Checkpoint, Dtype,
@@ -24,13 +26,14 @@ pub use cache::{
 pub use datasets::{
     add_member, create_dataset, dataset_snapshot, delete_dataset, get_dataset, list_dataset_images,
     list_datasets, member_hash, refresh_dataset, register_statistics, registered_statistics,
-    AddOutcome, Dataset, DatasetImage, DatasetKind, DatasetStatus, FormatCount, ImageMeta, Member,
-    Page, RegisterError, Snapshot,
+    remove_members, AddOutcome, Dataset, DatasetImage, DatasetKind, DatasetStatus, FormatCount,
+    ImageMeta, Member, Page, RegisterError, Snapshot,
 };
 pub use ids::{DatasetId, JobId, KeyId, TeamId};
 pub use jobs::{
-    cancel, enqueue, get_job, job_counts, job_events, list_jobs, CancelOutcome, Enqueued, Failure,
-    FailureKind, Finished, Job, JobEvent, JobFilter, JobKind, JobStatus, NewJob, Progress, Timings,
+    cancel, enqueue, get_job, job_counts, job_events, list_jobs, oldest_queued_age, CancelOutcome,
+    Enqueued, Failure, FailureKind, Finished, Job, JobEvent, JobFilter, JobKind, JobStatus, NewJob,
+    Progress, Timings,
 };
 pub use keys::{
     create_key, create_team, find_key, list_teams, revoke_key, ApiKey, KeyRecord, NewKey, Scope,
@@ -40,6 +43,11 @@ pub use queue::{
     claim, finish, heartbeat, reap_expired, report_progress, Claimed, Lease, LeaseError, Outcome,
     CHANNEL, EVENTS_CHANNEL,
 };
+pub use quotas::{
+    check_quota, recheck_quota, set_team_quotas, team_quotas, team_usage, Limit, OverQuota,
+    QuotaOverrides, Quotas, Remaining, Usage,
+};
+pub use retention::{sweep, RetentionPolicy, SweepReport, SWEEP_LOCK};
 
 /// Migrations whose text changed after release in comments only: (version, sha384 of the text
 /// as first applied). A database that applied the old text gets the new checksum recorded, so

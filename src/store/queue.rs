@@ -357,6 +357,7 @@ mod tests {
             request_hash: "h".into(),
             max_attempts,
             finished: None,
+            quotas: None,
         };
         match enqueue(&mut conn, &job).await.unwrap() {
             Enqueued::Created(j) => j.id,

@@ -47,8 +47,13 @@ pub(super) async fn run(
         }
         Err(e) => return (Err(JobError::Retry(e.into())), IngestWork::default()),
     }
+    let budget = match room_left(pool, job.team, options.quotas).await {
+        Ok(b) => b,
+        Err(e) => return (Err(JobError::Retry(e.into())), IngestWork::default()),
+    };
     let mut ing = Ingestor::new(pool, blobs, &options.limits, spec.dataset)
-        .with_interrupt(control.interrupt());
+        .with_interrupt(control.interrupt())
+        .with_budget(budget);
     let counters = ing.counters();
     let reporter = tokio::spawn(report_while_running(
         pool.clone(),
@@ -65,6 +70,15 @@ pub(super) async fn run(
     )
     .await;
     reporter.abort();
+    if let Err(UriError::OverQuota(over)) = &result {
+        // A refused ingest leaves nothing: what this attempt added goes (earlier attempts' files
+        // stay; they fitted when they came).
+        if let Err(e) = store::remove_members(pool, blobs, spec.dataset, &ing.added_paths()).await {
+            return (Err(JobError::Retry(e)), work_of(&ing));
+        }
+        let detail = format!("{over}; the files this ingest added were removed");
+        return (Err(JobError::Fatal(anyhow!(detail))), work_of(&ing));
+    }
     let work = work_of(&ing);
     // Whatever was stored stays stored and counted, whether or not the source failed midway.
     if let Err(e) = store::refresh_dataset(pool, spec.dataset).await {
@@ -78,10 +92,23 @@ pub(super) async fn run(
     (result, work)
 }
 
+/// The team's room under its quotas, as the ingest starts.
+async fn room_left(
+    pool: &PgPool,
+    team: store::TeamId,
+    defaults: store::Quotas,
+) -> sqlx::Result<store::Remaining> {
+    let mut conn = pool.acquire().await?;
+    let quotas = store::team_quotas(&mut conn, team).await?.over(defaults);
+    let usage = store::team_usage(&mut conn, team).await?;
+    Ok(quotas.remaining(&usage))
+}
+
 /// Bad URIs and refusals cannot succeed on retry; an unreachable source or a failing store may.
 fn classify(e: UriError, control: &Control) -> JobError {
     match e {
         UriError::Invalid(m) | UriError::Forbidden(m) => JobError::Fatal(anyhow!(m)),
+        UriError::OverQuota(over) => JobError::Fatal(anyhow!(over.to_string())),
         UriError::Unreachable(m) => JobError::Retry(anyhow!(m)),
         UriError::Internal(e) => JobError::Retry(e),
         UriError::Interrupted => match control.check() {

@@ -4,6 +4,7 @@
 //! database and blob store (`gapmeter worker`); `gapmeter serve` also runs one in-process.
 
 mod ingest;
+mod metrics;
 mod models;
 mod plan;
 mod run;
@@ -17,6 +18,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
+pub use metrics::WorkerMetrics;
 pub use models::Models;
 
 use crate::config::{Config, IngestConfig, Limits};
@@ -40,6 +42,10 @@ pub struct WorkerOptions {
     /// Per-file limits of ingest jobs (as for uploads).
     pub limits: Limits,
     pub ingest: IngestConfig,
+    /// The instance's default per-team limits; ingest jobs stop at the first file over them.
+    pub quotas: crate::store::Quotas,
+    /// Where this worker serves `/metrics` and `/healthz` (`gapmeter worker`); `None` = nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerOptions {
@@ -63,6 +69,16 @@ impl WorkerOptions {
             share_cache: config.cache.share_across_teams,
             limits: config.limits.clone(),
             ingest: config.ingest.clone(),
+            quotas: crate::store::Quotas {
+                datasets: config.quotas.datasets,
+                images: config.quotas.images,
+                bytes: config.quotas.bytes,
+                active_jobs: config.quotas.active_jobs,
+            },
+            metrics_addr: match config.worker.metrics_addr.trim() {
+                "" => None,
+                addr => Some(addr.parse().context("worker.metrics_addr")?),
+            },
         })
     }
 
@@ -83,6 +99,7 @@ pub struct Worker {
     options: WorkerOptions,
     id: String,
     models: Arc<Models>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 /// Why an attempt stopped without a result.
@@ -160,13 +177,7 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let models = Models::open(&options.devices)?;
         models.preload(&registry)?;
-        Ok(Self::with_models(
-            pool,
-            blobs,
-            registry,
-            options,
-            Arc::new(models),
-        ))
+        Self::with_models(pool, blobs, registry, options, Arc::new(models))
     }
 
     /// A worker on models already opened (and preloaded) by the caller.
@@ -176,7 +187,7 @@ impl Worker {
         registry: Registry,
         options: WorkerOptions,
         models: Arc<Models>,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "host".into());
@@ -185,14 +196,30 @@ impl Worker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        Self {
+        // A registry of its own until the caller hands over a shared one (`with_metrics`).
+        let metrics = Arc::new(WorkerMetrics::standalone()?);
+        metrics.set_devices(models.devices());
+        Ok(Self {
             pool,
             blobs,
             registry,
             options,
             id,
             models,
-        }
+            metrics,
+        })
+    }
+
+    /// Records into `metrics` (the API's registry, for an in-process worker).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        metrics.set_devices(self.models.devices());
+        self.metrics = metrics;
+        self
+    }
+
+    /// The worker's instruments, for `/metrics`.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     pub fn id(&self) -> &str {
@@ -274,6 +301,8 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(job = %job.lease.job, attempt = job.attempt))]
     async fn run_job(self: Arc<Self>, job: Claimed, control: Arc<Control>) {
         let lease = job.lease;
+        let _running = self.metrics.running();
+        let phases = Arc::new(self.metrics.phases());
         let heartbeat = tokio::spawn(keep_alive(
             self.pool.clone(),
             lease,
@@ -283,6 +312,7 @@ impl Worker {
         ));
         let (result, work) = match job.kind {
             JobKind::Ingest => {
+                phases.enter("ingesting");
                 let (result, work) =
                     ingest::run(&self.pool, &self.blobs, &self.options, &job, &control).await;
                 (result, serde_json::to_value(work).unwrap_or_default())
@@ -298,6 +328,8 @@ impl Worker {
                     control: control.clone(),
                     lease,
                     team: job.team,
+                    metrics: self.metrics.clone(),
+                    phases: phases.clone(),
                 };
                 let spec = job.spec.clone();
                 // Extraction and metrics are CPU-bound: off the async runtime's threads.
@@ -318,6 +350,18 @@ impl Worker {
             }
         };
         heartbeat.abort();
+        drop(phases);
+        let ended = match &result {
+            Ok(_) => "succeeded",
+            Err(JobError::Fatal(_)) => "failed",
+            Err(JobError::Retry(_)) => "retry",
+            Err(JobError::Cancelled) => "cancelled",
+            Err(JobError::Shutdown) => "released",
+            Err(JobError::LeaseLost) => "lease_lost",
+        };
+        let counted: Option<Work> = serde_json::from_value(work.clone()).ok();
+        self.metrics
+            .finished(job.kind.as_str(), ended, counted.as_ref());
         let outcome = match result {
             Ok(value) => Outcome::Succeeded { result: value },
             Err(JobError::Fatal(e)) => Outcome::Failed {

@@ -36,11 +36,14 @@ pub(crate) struct JobContext {
     pub control: Arc<Control>,
     pub lease: Lease,
     pub team: TeamId,
+    pub metrics: Arc<super::WorkerMetrics>,
+    pub phases: Arc<super::metrics::PhaseClock>,
 }
 
 impl JobContext {
     fn progress(&self, phase: &str, done: usize, total: usize) -> Result<(), JobError> {
         self.control.check()?;
+        self.phases.enter(phase);
         let p = Progress {
             phase: phase.to_string(),
             done: done as i64,
@@ -102,10 +105,11 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     }
     let snaps = snapshots(ctx, &spec)?;
     let extractor_key = manifest.features_key(spec.precision);
-    let contents: Vec<&str> = snaps
+    let contents: Vec<String> = snaps
         .iter()
-        .map(|s| s.content_hash.as_deref().unwrap_or(""))
+        .map(|s| s.content_hash.clone().unwrap_or_default())
         .collect();
+    let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
     let scope = ctx.scope();
     let (key, hit) = ctx
         .runtime
@@ -223,6 +227,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         scope,
         &key,
         &spec.datasets,
+        &contents,
         &value,
     )) {
         tracing::warn!(error = %e, "could not cache the result");
@@ -638,6 +643,9 @@ fn extract(
                     batch_rows(out, hashes.len(), &feature_tap, want_logits, want_style)?;
                 store_batch(ctx, &key, &feature_tap, &hashes, &batch_rows)?;
                 work.images_extracted += hashes.len() as u64;
+                if let Some(device) = chunk.device {
+                    ctx.metrics.extracted(&device.to_string(), hashes.len());
+                }
                 rows.extend(hashes.into_iter().zip(batch_rows));
             }
             ctx.progress("extracting", done, total)

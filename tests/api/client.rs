@@ -157,7 +157,17 @@ async fn the_client_uploads_folders_scores_and_prints_what_the_cli_prints(pool: 
 #[sqlx::test]
 async fn the_python_client_passes_its_tests_against_a_live_server(pool: PgPool) {
     let app = spawn_jobs(pool, &[], true).await;
-    let (_, key) = app.team("notebook").await;
+    let (team, key) = app.team("notebook").await;
+    // The team's own dataset limit, which test_quotas fills (and empties again).
+    let resp = app
+        .client
+        .put(app.url(&format!("/v1/teams/{team}/quotas")))
+        .bearer_auth(&app.admin)
+        .json(&serde_json::json!({"datasets": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let (ok, text) = run_script(
         &root().join("clients/python/test.sh"),
         &[("GAPMETER_URL", &app.base), ("GAPMETER_KEY", &key)],

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::helpers::{folder, gapmeter_cli, png, pytorch_fid_of_npz, root, spawn_jobs, TestApp};
 
 /// Submits a job and returns its JSON (202 expected).
-async fn submit(app: &TestApp, key: &str, body: &Value) -> Value {
+pub(super) async fn submit(app: &TestApp, key: &str, body: &Value) -> Value {
     let resp = app.post_json("/v1/jobs", key, body).await;
     let status = resp.status();
     let location = resp
@@ -68,7 +68,7 @@ async fn follow(app: &TestApp, key: &str, id: &str) -> (Vec<(String, Value)>, Va
 }
 
 /// Polls the job until `done` holds.
-async fn wait_for(
+pub(super) async fn wait_for(
     app: &TestApp,
     key: &str,
     id: &str,
@@ -89,7 +89,7 @@ async fn wait_for(
     }
 }
 
-async fn dataset_from(
+pub(super) async fn dataset_from(
     app: &TestApp,
     key: &str,
     name: &str,
@@ -434,7 +434,7 @@ async fn idempotency_keys_replay_the_same_job_and_refuse_another_body(pool: PgPo
 }
 
 /// Enough Inception work on two CPU cores that a job is still running a few seconds in.
-async fn slow_job(app: &TestApp, key: &str, images: u8) -> (String, Value) {
+pub(super) async fn slow_job(app: &TestApp, key: &str, images: u8) -> (String, Value) {
     let files: Vec<(String, Vec<u8>)> = (0..images)
         .map(|i| {
             (
@@ -574,7 +574,7 @@ async fn a_job_whose_images_are_gone_from_the_blob_store_retries_then_is_dead(po
     );
 }
 
-struct WorkerProcess(Child);
+pub(super) struct WorkerProcess(Child);
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
@@ -588,7 +588,7 @@ fn worker_process(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProcess {
 }
 
 /// A `gapmeter worker` process on the test's database and blobs; its log goes to `log` if given.
-fn worker_process_logging(
+pub(super) fn worker_process_logging(
     app: &TestApp,
     extra: &[(&str, &str)],
     log: Option<&std::path::Path>,
@@ -798,7 +798,7 @@ async fn a_killed_workers_job_is_reclaimed_after_its_lease_and_finished_by_anoth
 }
 
 /// `n` distinct small PNGs.
-fn pngs(prefix: &str, n: u32, salt: u8) -> Vec<(String, Vec<u8>)> {
+pub(super) fn pngs(prefix: &str, n: u32, salt: u8) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             (
@@ -1470,10 +1470,10 @@ async fn registered_statistics_are_a_fid_target_and_nothing_else(pool: PgPool) {
 }
 
 /// (file name, bytes) of each file of a set.
-type Files = Vec<(String, Vec<u8>)>;
+pub(super) type Files = Vec<(String, Vec<u8>)>;
 
 /// A temporary directory with one folder per set, holding its files.
-fn folders(sets: &[(&str, &Files)]) -> tempfile::TempDir {
+pub(super) fn folders(sets: &[(&str, &Files)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (sub, files) in sets {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
@@ -1502,7 +1502,7 @@ fn export_tiny_stats(dir: &std::path::Path, sub: &str) {
 }
 
 /// `gapmeter score SOURCE TARGET -x tiny-cnn --metrics fid --format json` in `dir`.
-fn tiny_score(dir: &std::path::Path, source: &str, target: &str) -> Value {
+pub(super) fn tiny_score(dir: &std::path::Path, source: &str, target: &str) -> Value {
     let out = gapmeter_cli(
         dir,
         &[

@@ -3,6 +3,8 @@ mod client;
 mod dashboard;
 mod helpers;
 mod jobs;
+mod operations;
+mod s3;
 mod truth;
 
 use helpers::{folder, png, root, spawn, spawn_jobs, spawn_with, spawn_with_root, tar_gz, zip};

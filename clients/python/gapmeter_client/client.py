@@ -74,7 +74,9 @@ class Client:
             problem = {"type": "about:blank", "title": resp.reason_phrase, "detail": resp.text}
         if not isinstance(problem, dict):
             problem = {"type": "about:blank", "detail": str(problem)}
-        raise ProblemError(problem, resp.status_code)
+        retry = resp.headers.get("retry-after")
+        raise ProblemError(problem, resp.status_code,
+                           int(retry) if retry and retry.isdigit() else None)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         return self._request(method, path, **kw).json()
@@ -255,6 +257,10 @@ class Client:
 
     def extractors(self) -> List[Dict[str, Any]]:
         return self._json("GET", "/v1/extractors")
+
+    def quotas(self) -> Dict[str, Any]:
+        """The team's limits in force (`limits`, 0 = unlimited), its own (`team`) and `usage`."""
+        return self._json("GET", "/v1/quotas")
 
 
 def matrix_frame(result: Dict[str, Any], metric: str = "fid",

@@ -133,3 +133,24 @@ def test_the_client_sends_every_request_field_of_the_spec():
             "/v1/extractors"]
     for path in used:
         assert path in spec["paths"], path
+
+
+def test_quotas_report_limits_and_usage_and_a_refusal_names_its_limit(gm, datasets):
+    # tests/api/client.rs gives this team its own limit of 50 datasets; the rest are defaults.
+    q = gm.quotas()
+    assert q["limits"]["datasets"] == 50 and q["team"]["datasets"] == 50
+    assert q["team"]["images"] is None
+    assert q["usage"]["images"] >= 48 and q["usage"]["bytes"] > 0
+    made = []
+    try:
+        for i in range(50 - q["usage"]["datasets"]):
+            made.append(gm.create_dataset(f"filler-{i}-{uuid.uuid4().hex[:6]}")["id"])
+        assert gm.quotas()["usage"]["datasets"] == 50
+        with pytest.raises(ProblemError) as e:
+            gm.create_dataset("one too many")
+        assert e.value.status == 403 and e.value.type == "/problems/quota-exceeded"
+        assert e.value.limit == "datasets" and e.value.retry_after is None
+    finally:
+        for d in made:
+            gm.delete_dataset(d)
+    assert gm.quotas()["usage"]["datasets"] == q["usage"]["datasets"]
