@@ -6,6 +6,7 @@ mod jobs;
 mod operations;
 mod s3;
 mod truth;
+mod upgrade;
 
 use helpers::{folder, png, root, spawn, spawn_jobs, spawn_with, spawn_with_root, tar_gz, zip};
 use serde_json::{json, Value};
