@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory gpu-bench-binary coverage lint fmt
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory gpu-bench-binary coverage lint fmt check-deploy smoke
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -98,3 +98,13 @@ lint:
 
 fmt:
 	cargo fmt
+
+## check-deploy: lint the Dockerfiles and scripts, validate docker/compose.yaml, render the Kubernetes
+## overlays and validate them against the API schemas (tools from PyPI into a cached venv; seconds)
+check-deploy:
+	scripts/check-deploy.sh
+
+## smoke: build the CPU image, run docker/compose.yaml with podman-compose, score examples/A vs B
+## through the API and compare with the CLI (root on Debian; ~30 min the first time)
+smoke: models
+	docker/smoke.sh
