@@ -126,6 +126,7 @@ impl ApiError {
                 Some("requests_per_second".to_string()),
                 Some(*retry_after_secs),
             ),
+            ApiError::Unavailable(_) => (None, Some(UNAVAILABLE_RETRY_SECS)),
             _ => (None, None),
         }
     }
@@ -144,7 +145,32 @@ impl From<sqlx::Error> for ApiError {
                 return ApiError::Conflict("a resource with this name already exists".into());
             }
         }
+        if database_unreachable(&e) {
+            return ApiError::Unavailable(DATABASE_DOWN.into());
+        }
         ApiError::Internal(e.into())
+    }
+}
+
+const DATABASE_DOWN: &str = "the database is not reachable right now; retry shortly";
+
+/// How long a client is told to wait when the database or the blob store is away.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
+/// Whether `e` says the database is away (down, restarting, out of connections) rather than
+/// that the request or the code is wrong: a 503 the client can retry, not a 500.
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or starting.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -174,6 +200,15 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        // An internal error whose cause is the database being away is a 503 like any other.
+        if let ApiError::Internal(e) = &self {
+            if e.chain()
+                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                .any(database_unreachable)
+            {
+                return ApiError::Unavailable(DATABASE_DOWN.into()).into_response();
+            }
+        }
         let (limit, retry_after) = self.limit();
         let body = Problem {
             kind: format!("/problems/{kind}"),
@@ -202,6 +237,31 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use crate::ingest::UriError;
+
+    #[test]
+    fn a_database_that_is_away_is_a_503_with_retry_after_never_a_500() {
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        for e in [io(), sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            let resp = ApiError::from(e).into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        }
+        // The same cause behind context, as store functions returning anyhow carry it.
+        let wrapped = ApiError::Internal(anyhow::Error::from(io()).context("deleting a dataset"));
+        assert_eq!(
+            wrapped.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let bug = ApiError::Internal(anyhow::anyhow!("a bug"));
+        assert_eq!(
+            bug.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            ApiError::from(sqlx::Error::RowNotFound).parts().0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 
     #[test]
     fn uri_errors_map_to_their_statuses() {

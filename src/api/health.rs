@@ -31,13 +31,17 @@ pub async fn healthz() -> Json<Health> {
 /// `GET /readyz`: the database answers, the blob store round-trips, the models directory lists.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let database = match crate::store::ping(&state.pool).await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("error: {e}"),
+    // Bounded: a probe that hangs (a database restarting) must not hang the probe's caller.
+    let within = std::time::Duration::from_secs(3);
+    let database = match tokio::time::timeout(within, crate::store::ping(&state.pool)).await {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => format!("error: no answer within {} s", within.as_secs()),
     };
-    let blob_store = match state.blobs.probe().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("error: {e:#}"),
+    let blob_store = match tokio::time::timeout(within, state.blobs.probe()).await {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("error: {e:#}"),
+        Err(_) => format!("error: no answer within {} s", within.as_secs()),
     };
     let (found, errors) = crate::features::Registry::new(&state.models_dir).list();
     let models = if errors.is_empty() {

@@ -96,7 +96,9 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // While the database is away a request waits this long for a connection, then answers
+        // 503 (api::error): long enough to ride out a failover, short enough not to hang clients.
+        .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
         .with_context(|| format!("connecting to the database at {}", redact(url)))
