@@ -5,7 +5,7 @@ WITH := scripts/with-libtorch.sh
 # Tests create one database per test on this server (#[sqlx::test]); DATABASE_URL overrides.
 TEST_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/postgres)
 
-.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory gpu-bench-binary coverage lint fmt check-deploy smoke
+.PHONY: run demo test test-reference setup models examples fixtures openapi bench bench-e2e bench-extraction bench-upload bench-jobs bench-memory gpu-bench-binary coverage lint fmt check-deploy smoke soak soak-ci fuzz
 
 ## run: start the service on 127.0.0.1:8080 (database, admin and demo keys set up on first start)
 run: models
@@ -99,6 +99,17 @@ lint:
 fmt:
 	cargo fmt
 
+## soak: the service's bad days, measured (docs/reliability.md): 100 worker kills, database restarts,
+## a full and a read-only blob store, 60 s of load, against a private PostgreSQL cluster (root
+## for the tmpfs; ~15 min). SOAK_ARGS overrides, e.g. SOAK_ARGS="--kill-trials 20 --load-seconds 0"
+SOAK_ARGS ?= --kill-trials 100 --db-restarts 2 --downtime 5-20 --storage-faults 2 --load-seconds 60 --shutdowns 2
+soak: models
+	$(WITH) cargo bench --profile dev --bench soak -- $(SOAK_ARGS)
+
+## soak-ci: the short version CI runs: 10 kills, one restart, one storage fault, 10 s of load, one shutdown
+soak-ci: models
+	$(WITH) cargo bench --profile dev --bench soak -- --kill-trials 10 --db-restarts 1 --downtime 5-5 --storage-faults 1 --load-seconds 10 --shutdowns 1
+
 ## check-deploy: lint the Dockerfiles and scripts, validate docker/compose.yaml, render the Kubernetes
 ## overlays and validate them against the API schemas (tools from PyPI into a cached venv; seconds)
 check-deploy:
@@ -108,3 +119,9 @@ check-deploy:
 ## through the API and compare with the CLI (root on Debian; ~30 min the first time)
 smoke: models
 	docker/smoke.sh
+
+## fuzz: build the cargo fuzz targets (fuzz/) and run each for FUZZ_SECONDS (default 60); prints
+## executions and findings per target, fails on a finding (docs/reliability.md, "Fuzzing").
+## FUZZ_SANITIZER=none builds without AddressSanitizer. The first build takes ~25 min on 2 cores.
+fuzz: setup
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh $(FUZZ_TARGETS)

@@ -42,6 +42,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The blob store is full: 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// The blob store refuses writes (read-only, no permission): 503.
+    #[error("{0}")]
+    StorageUnavailable(String),
     /// Over a team quota: 403, or 429 with `Retry-After` for active jobs (they finish).
     #[error("{0}")]
     QuotaExceeded(crate::store::OverQuota),
@@ -87,6 +93,16 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::InsufficientStorage(_) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "Insufficient storage",
+            ),
+            ApiError::StorageUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Storage unavailable",
+            ),
             ApiError::QuotaExceeded(over) if over.limit == crate::store::Limit::ActiveJobs => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "quota-exceeded",
@@ -126,7 +142,9 @@ impl ApiError {
                 Some("requests_per_second".to_string()),
                 Some(*retry_after_secs),
             ),
-            ApiError::Unavailable(_) => (None, Some(UNAVAILABLE_RETRY_SECS)),
+            ApiError::Unavailable(_) | ApiError::StorageUnavailable(_) => {
+                (None, Some(UNAVAILABLE_RETRY_SECS))
+            }
             _ => (None, None),
         }
     }
@@ -150,6 +168,38 @@ impl From<sqlx::Error> for ApiError {
         }
         ApiError::Internal(e.into())
     }
+}
+
+/// The condition behind an internal error that lies outside gapmeter: the database away, the
+/// blob store's disk full or read-only.
+fn outside_cause(e: &anyhow::Error) -> Option<ApiError> {
+    for cause in e.chain() {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
+            if database_unreachable(db) {
+                return Some(ApiError::Unavailable(DATABASE_DOWN.into()));
+            }
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    return Some(ApiError::InsufficientStorage(
+                        "the blob store is full: nothing of this file was kept; retry when \
+                         space is freed"
+                            .into(),
+                    ))
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    return Some(ApiError::StorageUnavailable(
+                        "the blob store refuses writes right now: nothing of this file was \
+                         kept; retry shortly"
+                            .into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 const DATABASE_DOWN: &str = "the database is not reachable right now; retry shortly";
@@ -191,6 +241,15 @@ impl From<crate::ingest::UriError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // An internal error whose cause is the database being away, or the blob store full or
+        // refusing writes, is the client-visible condition it is, not a 500 (and a warning in
+        // the log, not an error: nothing in gapmeter is broken).
+        if let ApiError::Internal(e) = &self {
+            if let Some(outside) = outside_cause(e) {
+                tracing::warn!(error = format!("{e:#}"), "{}", outside);
+                return outside.into_response();
+            }
+        }
         let (status, kind, title) = self.parts();
         let detail = match &self {
             // Internal details go to the log, not to the client.
@@ -200,15 +259,6 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        // An internal error whose cause is the database being away is a 503 like any other.
-        if let ApiError::Internal(e) = &self {
-            if e.chain()
-                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-                .any(database_unreachable)
-            {
-                return ApiError::Unavailable(DATABASE_DOWN.into()).into_response();
-            }
-        }
         let (limit, retry_after) = self.limit();
         let body = Problem {
             kind: format!("/problems/{kind}"),
@@ -252,6 +302,17 @@ mod tests {
             wrapped.into_response().status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let full = ApiError::Internal(anyhow::Error::from(full).context("writing blob"));
+        assert_eq!(
+            full.into_response().status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let ro = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let ro =
+            ApiError::Internal(anyhow::Error::from(ro).context("writing blob")).into_response();
+        assert_eq!(ro.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ro.headers()[header::RETRY_AFTER], "5");
         let bug = ApiError::Internal(anyhow::anyhow!("a bug"));
         assert_eq!(
             bug.into_response().status(),

@@ -12,7 +12,7 @@ mod run;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -241,19 +241,15 @@ impl Worker {
             }
         };
         tokio::pin!(shutdown);
-        let mut last_reap = Instant::now() - this.options.lease;
+        // Expired leases go back to the queue on a clock of their own: a worker whose slots are
+        // all busy still frees a dead worker's job for whoever is idle (or starting).
+        let reaper = tokio::spawn(reap_every(this.pool.clone(), this.options.heartbeat));
         loop {
             running.retain(|c| Arc::strong_count(c) > 1);
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p?,
                 _ = &mut shutdown => break,
             };
-            if last_reap.elapsed() >= this.options.heartbeat {
-                if let Err(e) = store::reap_expired(&this.pool).await {
-                    tracing::warn!(error = %e, "reaping expired leases failed");
-                }
-                last_reap = Instant::now();
-            }
             match store::claim(&this.pool, &this.id, this.options.lease).await {
                 Ok(Some(job)) => {
                     let control = Arc::new(Control::default());
@@ -289,6 +285,7 @@ impl Worker {
                 _ = &mut shutdown => break,
             }
         }
+        reaper.abort();
         for c in &running {
             c.raise(&c.shutdown);
         }
@@ -388,6 +385,16 @@ impl Worker {
                 tracing::error!(error = %e, "could not record the outcome; the lease will expire and the job rerun")
             }
         }
+    }
+}
+
+/// Puts jobs whose lease expired back in the queue (or ends them), every `every`, until aborted.
+async fn reap_every(pool: PgPool, every: Duration) {
+    loop {
+        if let Err(e) = store::reap_expired(&pool).await {
+            tracing::warn!(error = %e, "reaping expired leases failed");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
