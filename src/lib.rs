@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod features;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imaging;
 pub mod ingest;
 pub mod jobs;

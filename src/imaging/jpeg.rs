@@ -12,7 +12,16 @@ pub enum JpegError {
     Truncated,
     #[error("corrupt JPEG: {0}")]
     Corrupt(String),
+    /// More decoded bytes than [`MAX_DECODED_BYTES`].
+    #[error("JPEG of {0}×{1} pixels is over the {MAX_DECODED_BYTES}-byte decoding limit")]
+    TooLarge(u32, u32),
 }
+
+/// The most bytes one decoded JPEG may take (RGB8): the `image` crate's default allocation
+/// limit, under which every other format decodes, and Pillow's decompression-bomb error
+/// (2 × 89,478,485 pixels). libjpeg allocates what the header says: without the check, 697 bytes
+/// claiming 60,000 × 60,000 pixels asked for 10.8 GB (found by fuzzing, docs/reliability.md).
+pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
 
 /// True when `bytes` start with a JPEG start-of-image marker.
 pub fn is_jpeg(bytes: &[u8]) -> bool {
@@ -35,6 +44,10 @@ pub fn decode(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), JpegError> {
                 return Err(JpegError::Unsupported)
             }
             _ => {}
+        }
+        let (w, h) = (d.width() as u64, d.height() as u64);
+        if w * h * 3 > MAX_DECODED_BYTES {
+            return Err(JpegError::TooLarge(w as u32, h as u32));
         }
         let mut started = d.rgb().map_err(|e| JpegError::Corrupt(e.to_string()))?;
         let (w, h) = (started.width() as u32, started.height() as u32);

@@ -120,6 +120,18 @@ pub fn not_scored(path: &str) -> Option<&'static str> {
     )
 }
 
+/// The member path a file uploaded as `name` gets ([`normalise_path`]), or why it is not taken
+/// (no path, or a file `gapmeter score` would skip: [`not_scored`]).
+pub fn member_path(name: &str) -> Result<String, &'static str> {
+    let Some(path) = normalise_path(name) else {
+        return Err("not a file path (empty, or climbs out with '..')");
+    };
+    if let Some(why) = not_scored(&path) {
+        return Err(why);
+    }
+    Ok(path)
+}
+
 /// The formats gapmeter scores.
 const FORMATS: &[(image::ImageFormat, &str)] = &[
     (image::ImageFormat::Jpeg, "jpeg"),
@@ -195,8 +207,12 @@ pub fn looks_like_archive(name: &str) -> bool {
         .any(|e| n.ends_with(e))
 }
 
-enum Member {
+/// One archive member as [`walk_archive`] hands it over.
+#[derive(Debug)]
+pub enum Member {
+    /// A regular file within the limits: its path in the archive and its bytes.
     File(String, Vec<u8>),
+    /// A member that is not taken: its path and why.
     Rejected(String, String),
 }
 
@@ -322,14 +338,13 @@ impl<'a> Ingestor<'a> {
         if !self.admit(name) {
             return Ok(());
         }
-        let Some(path) = normalise_path(name) else {
-            self.reject(name, "not a file path (empty, or climbs out with '..')");
-            return Ok(());
+        let path = match member_path(name) {
+            Ok(path) => path,
+            Err(why) => {
+                self.reject(name, why);
+                return Ok(());
+            }
         };
-        if let Some(why) = not_scored(&path) {
-            self.reject(name, why);
-            return Ok(());
-        }
         let limits = self.limits.clone();
         let checked = {
             let bytes = bytes.clone();
@@ -470,25 +485,38 @@ fn read_archive(
     tx: &tokio::sync::mpsc::Sender<Member>,
 ) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open archive: {e}"))?;
+    let send = |m: Member| {
+        tx.blocking_send(m)
+            .map_err(|_| "ingest stopped".to_string())
+    };
+    walk_archive(file, kind, limits, &send)
+}
+
+/// Walks the archive in `reader` (of `kind`, as [`archive_kind`] tells it) within the archive
+/// limits, handing each file member (or its rejection) to `send`, in archive order; an error from
+/// `send` stops the walk. The error is why the archive as a whole stopped being read. No I/O but
+/// `reader`: the ingest reads files through it, the fuzzer (`fuzz/`) reads bytes.
+pub fn walk_archive<R: Read + std::io::Seek>(
+    reader: R,
+    kind: ArchiveKind,
+    limits: &Limits,
+    send: &dyn Fn(Member) -> Result<(), String>,
+) -> Result<(), String> {
     let mut budget = Budget {
         entries: 0,
         bytes: 0,
         limits,
     };
-    let send = |m: Member| {
-        tx.blocking_send(m)
-            .map_err(|_| "ingest stopped".to_string())
-    };
     match kind {
-        ArchiveKind::Tar => read_tar(tar::Archive::new(file), &mut budget, &send),
+        ArchiveKind::Tar => read_tar(tar::Archive::new(reader), &mut budget, send),
         ArchiveKind::TarGz => read_tar(
-            tar::Archive::new(flate2::read::GzDecoder::new(file)),
+            tar::Archive::new(flate2::read::GzDecoder::new(reader)),
             &mut budget,
-            &send,
+            send,
         ),
         ArchiveKind::Zip => {
             let mut zip =
-                zip::ZipArchive::new(file).map_err(|e| format!("corrupt zip archive: {e}"))?;
+                zip::ZipArchive::new(reader).map_err(|e| format!("corrupt zip archive: {e}"))?;
             for i in 0..zip.len() {
                 let mut entry = zip
                     .by_index(i)
@@ -498,7 +526,7 @@ fn read_archive(
                     continue;
                 }
                 let irregular = entry.is_symlink().then_some("not a regular file (symlink)");
-                budget.member(name, irregular, &mut entry, &send)?;
+                budget.member(name, irregular, &mut entry, send)?;
             }
             Ok(())
         }

@@ -2,8 +2,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use ndarray::{Array1, Array2};
-use ndarray_npy::{NpzReader, NpzWriter, ReadNpyExt};
+use ndarray::{Array, Array1, Array2, Dimension};
+use ndarray_npy::{NpzWriter, ReadNpyExt, ViewElement, ViewNpyError, ViewNpyExt};
 use std::borrow::Cow;
 use std::io::{Read, Seek, Write};
 
@@ -216,6 +216,10 @@ pub fn read_features(path: &Path) -> anyhow::Result<Features> {
 /// file: the dtype comes from the header, so the data is read once, straight into its own type.
 fn read_features_hashed(path: &Path) -> anyhow::Result<(Features, String)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let mut reader = HashingReader {
         inner: std::io::BufReader::with_capacity(1 << 20, file),
         hasher: blake3::Hasher::new(),
@@ -229,12 +233,24 @@ fn read_features_hashed(path: &Path) -> anyhow::Result<(Features, String)> {
     let header = read_npy_header(&mut reader)
         .with_context(|| format!("{}: not an .npy file", path.display()))?;
     let descr = npy_descr(&header).with_context(expected)?;
+    let claimed = match descr.get(1..) {
+        Some("f4") => npy_data_bytes::<f32>(&header),
+        Some("f8") => npy_data_bytes::<f64>(&header),
+        _ => bail!("{} (found dtype {descr})", expected()),
+    }
+    .with_context(expected)?;
+    let held = file_len.saturating_sub(header.len() as u64);
+    if claimed as u64 != held {
+        bail!(
+            "{}: the header describes {claimed} bytes of data, the file holds {held}",
+            path.display()
+        );
+    }
     // The header bytes go back in front of the rest of the stream for ndarray-npy to parse.
     let replay = std::io::Cursor::new(header).chain(&mut reader);
     let features = match descr.get(1..) {
         Some("f4") => Features::F32(Array2::<f32>::read_npy(replay).with_context(expected)?),
-        Some("f8") => Features::F64(Array2::<f64>::read_npy(replay).with_context(expected)?),
-        _ => bail!("{} (found dtype {descr})", expected()),
+        _ => Features::F64(Array2::<f64>::read_npy(replay).with_context(expected)?),
     };
     // ndarray-npy rejects trailing bytes, so the whole file has passed through the hasher.
     std::io::copy(&mut reader, &mut std::io::sink())
@@ -281,9 +297,46 @@ fn read_npy_header(reader: &mut impl Read) -> anyhow::Result<Vec<u8>> {
         v => bail!(".npy format version {v} is not supported"),
     };
     let start = bytes.len();
-    bytes.resize(start + len, 0);
-    reader.read_exact(&mut bytes[start..])?;
+    // Grown as bytes arrive: a length field is no size to allocate up front (up to 4 GiB).
+    reader.take(len as u64).read_to_end(&mut bytes)?;
+    if bytes.len() != start + len {
+        bail!("the header is truncated");
+    }
     Ok(bytes)
+}
+
+/// How many bytes of data the `.npy` header `header` (as [`read_npy_header`] gives it) says follow
+/// it, for elements of type `A`, as ndarray-npy reads the header; an error where ndarray-npy
+/// would refuse the header or the dtype anyway.
+///
+/// ndarray-npy allocates the whole array from the header's shape before it reads any data: a few
+/// bytes that claim a huge shape would abort the process on the failed allocation (found by
+/// fuzzing, docs/reliability.md). Callers compare the claim with the bytes there are first. The
+/// zero-copy view parses the header as the reader does and, shown the header alone, reports the
+/// data bytes it lacks, which are all of them.
+fn npy_data_bytes<A: ViewElement>(header: &[u8]) -> anyhow::Result<usize> {
+    let probe = |header: &[u8]| match ndarray::ArrayViewD::<A>::view_npy(header) {
+        // No data and none wanted (the alignment check follows the length check).
+        Ok(_) | Err(ViewNpyError::MisalignedData) => Ok(Some(0)),
+        Err(ViewNpyError::MissingBytes(n)) => Ok(Some(n)),
+        Err(ViewNpyError::NonNativeEndian) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    if let Some(n) = probe(header)? {
+        return Ok(n);
+    }
+    // The view takes only the native byte order: ask again with the dictionary's byte order
+    // flipped ('<' and '>' occur only inside its strings; the shape is integers).
+    let preamble = if header.get(6) == Some(&1) { 10 } else { 12 };
+    let mut flipped = header.to_vec();
+    for b in flipped.iter_mut().skip(preamble) {
+        *b = match *b {
+            b'<' => b'>',
+            b'>' => b'<',
+            other => other,
+        };
+    }
+    probe(&flipped)?.context("unsupported byte order")
 }
 
 /// The `descr` entry of an `.npy` header dictionary, e.g. `<f4`.
@@ -308,22 +361,11 @@ pub fn read_statistics(path: &Path) -> anyhow::Result<Gaussian> {
 
 /// [`read_statistics`] from any reader (an upload); `what` names it in errors.
 pub fn read_statistics_from<R: Read + Seek>(reader: R, what: &str) -> anyhow::Result<Gaussian> {
-    let mut npz = NpzReader::new(reader).with_context(|| format!("{what}: not an .npz archive"))?;
+    let mut npz =
+        zip::ZipArchive::new(reader).with_context(|| format!("{what}: not an .npz archive"))?;
     let ctx = |name: &str| format!("{what}: expected `{name}` as a float32/float64 array");
-    let mu: Array1<f64> = match npz.by_name::<_, ndarray::Ix1>("mu") {
-        Ok(a) => a,
-        Err(_) => npz
-            .by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix1>("mu")
-            .map(|a| a.mapv(f64::from))
-            .with_context(|| ctx("mu"))?,
-    };
-    let sigma: Array2<f64> = match npz.by_name::<_, ndarray::Ix2>("sigma") {
-        Ok(a) => a,
-        Err(_) => npz
-            .by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix2>("sigma")
-            .map(|a| a.mapv(f64::from))
-            .with_context(|| ctx("sigma"))?,
-    };
+    let mu: Array1<f64> = npz_array(&mut npz, "mu").with_context(|| ctx("mu"))?;
+    let sigma: Array2<f64> = npz_array(&mut npz, "sigma").with_context(|| ctx("sigma"))?;
     let d = mu.len();
     if sigma.dim() != (d, d) {
         bail!("{what}: sigma is {:?} but mu has {d} entries", sigma.dim());
@@ -335,6 +377,31 @@ pub fn read_statistics_from<R: Read + Seek>(reader: R, what: &str) -> anyhow::Re
     };
     g.validate().with_context(|| what.to_string())?;
     Ok(g)
+}
+
+/// The array `name` (or `name.npy`, as ndarray-npy's `NpzReader::by_name` looks it up) of an
+/// `.npz`, float64 or float32 (widened), once its header's shape is known to match the data the
+/// member holds ([`npy_data_bytes`]).
+fn npz_array<R: Read + Seek, D: Dimension>(
+    npz: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> anyhow::Result<Array<f64, D>> {
+    let name = match npz.index_for_name(name) {
+        Some(_) => name.to_string(),
+        None => format!("{name}.npy"),
+    };
+    let mut bytes = Vec::new();
+    npz.by_name(&name)?.read_to_end(&mut bytes)?;
+    let header = read_npy_header(&mut bytes.as_slice())?;
+    let held = bytes.len() - header.len();
+    let fits = |claimed: anyhow::Result<usize>| matches!(claimed, Ok(n) if n == held);
+    if fits(npy_data_bytes::<f64>(&header)) {
+        return Ok(Array::<f64, D>::read_npy(bytes.as_slice())?);
+    }
+    if fits(npy_data_bytes::<f32>(&header)) {
+        return Ok(Array::<f32, D>::read_npy(bytes.as_slice())?.mapv(f64::from));
+    }
+    bail!("not a float32 or float64 array whose header matches its data ({held} bytes)")
 }
 
 /// Writes `g` as pytorch-fid and clean-fid store statistics: an uncompressed `.npz` (what
