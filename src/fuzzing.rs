@@ -12,17 +12,18 @@ use crate::ingest::{
 };
 
 /// The `[limits]` of the shipped `config/gapmeter.toml`, which the service runs with unless told
-/// otherwise.
-pub fn limits() -> &'static Limits {
-    static LIMITS: OnceLock<Limits> = OnceLock::new();
-    LIMITS.get_or_init(|| {
-        let config: toml::Table =
-            toml::from_str(crate::config::DEFAULT_TOML).expect("config/gapmeter.toml parses");
-        config["limits"]
-            .clone()
-            .try_into()
-            .expect("config/gapmeter.toml has [limits]")
-    })
+/// otherwise. The service reads them the same way (`Config::load`); an error here is an error
+/// in the shipped file, reported as every input's outcome rather than a crash of the harness.
+pub fn limits() -> Result<&'static Limits, String> {
+    static LIMITS: OnceLock<Result<Limits, String>> = OnceLock::new();
+    LIMITS
+        .get_or_init(|| {
+            crate::config::Config::from_overrides(std::iter::empty::<(&str, &str)>())
+                .map(|c| c.limits)
+                .map_err(|e| format!("config/gapmeter.toml: {e:#}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// What became of one file (an upload part or an archive member), as the ingest decides it
@@ -33,7 +34,7 @@ pub type Verdict = (String, Result<String, String>);
 /// limit, full decode) and [`crate::imaging::decode_rgb`] alone (what `gapmeter score` and the
 /// worker run on a file), each format through the decoder production uses.
 pub fn decode_image(data: &[u8]) -> Result<String, String> {
-    let verdict = verify_image(data, limits()).map(|(format, _, _)| format);
+    let verdict = verify_image(data, limits()?).map(|(format, _, _)| format);
     let decoded = crate::imaging::decode_rgb(data);
     if let (Ok(format), Err(e)) = (&verdict, &decoded) {
         // verify_image decodes with decode_rgb: one cannot pass where the other fails.
@@ -47,8 +48,12 @@ pub fn decode_image(data: &[u8]) -> Result<String, String> {
 /// ingest checks it ([`member_path`], then [`verify_image`]). `None`: not an archive.
 pub fn walk_archive_bytes(data: &[u8]) -> Option<(Vec<Verdict>, Result<(), String>)> {
     let kind = archive_kind(&data[..data.len().min(512)])?;
+    let limits = match limits() {
+        Ok(l) => l,
+        Err(e) => return Some((Vec::new(), Err(e))),
+    };
     let verdicts = std::cell::RefCell::new(Vec::new());
-    let result = walk_archive(Cursor::new(data), kind, limits(), &|member| {
+    let result = walk_archive(Cursor::new(data), kind, limits, &|member| {
         let verdict = match member {
             Member::File(inner, bytes) => check_file(&format!("upload.tar/{inner}"), &bytes),
             Member::Rejected(inner, reason) => (inner, Err(reason)),
@@ -63,7 +68,7 @@ pub fn walk_archive_bytes(data: &[u8]) -> Option<(Vec<Verdict>, Result<(), Strin
 fn check_file(name: &str, bytes: &[u8]) -> Verdict {
     let verdict = match member_path(name) {
         Err(why) => Err(why.to_string()),
-        Ok(_) => verify_image(bytes, limits()).map(|(format, _, _)| format),
+        Ok(_) => limits().and_then(|l| verify_image(bytes, l).map(|(format, _, _)| format)),
     };
     (name.to_string(), verdict)
 }
@@ -71,9 +76,13 @@ fn check_file(name: &str, bytes: &[u8]) -> Verdict {
 /// [`crate::ingest::Ingestor::add_file`] on bytes in memory: an archive by content, else one
 /// image within the image-byte limit.
 fn check_upload(name: &str, bytes: &[u8], out: &mut Vec<Verdict>) {
+    let limits = match limits() {
+        Ok(l) => l,
+        Err(e) => return out.push((name.to_string(), Err(e))),
+    };
     if let Some(kind) = archive_kind(&bytes[..bytes.len().min(512)]) {
         let verdicts = std::cell::RefCell::new(Vec::new());
-        let result = walk_archive(Cursor::new(bytes), kind, limits(), &|member| {
+        let result = walk_archive(Cursor::new(bytes), kind, limits, &|member| {
             let verdict = match member {
                 Member::File(inner, bytes) => check_file(&format!("{name}/{inner}"), &bytes),
                 Member::Rejected(inner, reason) => (format!("{name}/{inner}"), Err(reason)),
@@ -87,7 +96,7 @@ fn check_upload(name: &str, bytes: &[u8], out: &mut Vec<Verdict>) {
         }
         return;
     }
-    if bytes.len() as u64 > limits().image_bytes {
+    if bytes.len() as u64 > limits.image_bytes {
         out.push((name.to_string(), Err("over the image limit".into())));
         return;
     }
@@ -119,7 +128,7 @@ pub fn multipart_upload(data: &[u8]) -> Result<Vec<Verdict>, String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let limits = limits();
+        let limits = limits()?;
         let mut form = axum::extract::Multipart::from_request(request, &())
             .await
             .map_err(|e| format!("rejected: {e}"))?;
@@ -160,17 +169,19 @@ pub fn multipart_upload(data: &[u8]) -> Result<Vec<Verdict>, String> {
 pub fn read_npy_npz(data: &[u8]) -> (Result<(), String>, Result<(), String>) {
     thread_local! {
         // An unnamed file (in memory where /dev/shm is a tmpfs), opened by its /proc path.
-        static SCRATCH: std::fs::File = {
+        static SCRATCH: Option<std::fs::File> = {
             let shm = Path::new("/dev/shm");
             let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-            tempfile::tempfile_in(dir).expect("scratch file")
+            tempfile::tempfile_in(dir).ok()
         };
     }
     let npy = SCRATCH.with(|file| {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::FileExt;
-        file.set_len(0).expect("scratch file truncates");
-        file.write_all_at(data, 0).expect("scratch file writable");
+        let file = file.as_ref().ok_or("no scratch file for the .npy input")?;
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(data, 0))
+            .map_err(|e| format!("scratch file: {e}"))?;
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         crate::score::read_features(&path)
             .map(|_| ())
