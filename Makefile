@@ -23,7 +23,7 @@ test: models
 ## test-reference: the tests ignored by `make test` because they need the reference venv
 ## (open_clip, timm: scripts/reference/setup.sh, several GB from PyPI, own venv); not in CI
 test-reference: models
-	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && GAPMETER_REFERENCE_PYTHON="$$py" cargo test --quiet --test extractors -- --ignored'
+	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && GAPMETER_REFERENCE_PYTHON="$$py" cargo test --quiet --test extractors --test tokenizer -- --ignored'
 
 ## setup: install the pinned libtorch (torch==2.11.0 from PyPI) under ~/.cache/gapmeter
 setup:
@@ -40,7 +40,7 @@ examples: setup
 ## fixtures: regenerate reference values with pytorch-fid, torch-fidelity, clean-fid, prdc and
 ## Pillow (PyPI, own venv): metric values, decode/resize pixels, end-to-end FID parity
 fixtures: models
-	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && "$$py" scripts/reference/make_metric_fixtures.py && "$$py" scripts/reference/make_imaging_fixtures.py && "$$py" scripts/reference/make_extractor_fixtures.py'
+	$(WITH) bash -c 'py="$$(scripts/reference/setup.sh)" && "$$py" scripts/reference/make_metric_fixtures.py && "$$py" scripts/reference/make_imaging_fixtures.py && "$$py" scripts/reference/make_extractor_fixtures.py && "$$py" scripts/reference/make_pad_fixture.py && "$$py" scripts/reference/make_transform_fixture.py && "$$py" scripts/reference/make_tokenizer_fixture.py'
 
 ## openapi: regenerate openapi/openapi.json from the code
 openapi: setup

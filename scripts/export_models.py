@@ -4,8 +4,10 @@
   inception-v3-fid  pytorch-fid's FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth); writes
                     two manifests for one file: `inception-v3-fid` (clean-fid preprocessing) and
                     `inception-v3-fid-legacy` (pytorch-fid's); outputs pool, logits, early
-  clip-vit-b32      open_clip ViT-B-32, OpenAI weights; output embedding (L2-normalised)
-  clip-vit-l14      open_clip ViT-L-14, OpenAI weights; output embedding (L2-normalised)
+  clip-vit-b32      open_clip ViT-B-32, OpenAI weights; output embedding (L2-normalised); with
+                    its text tower (<id>-text.pt, encode_text L2-normalised) and the tokenizer's
+                    vocabulary beside it, named by the manifest's [text_encoder] table
+  clip-vit-l14      open_clip ViT-L-14, the same
   dinov2-vitb14     timm vit_base_patch14_dinov2.lvd142m at 224 x 224; output cls
 
 Trained weights are downloaded (torch hub, open_clip, Hugging Face via timm) unless given with
@@ -13,7 +15,10 @@ Trained weights are downloaded (torch hub, open_clip, Hugging Face via timm) unl
 downloaded, ids get an `-untrained` suffix and the manifests say `trained = false`: this is what
 the tests run. CLIP needs open_clip_torch, DINOv2 timm (both in scripts/reference/requirements.txt).
 
-Usage: export_models.py [--out DIR] [--untrained] [--seed N] [--inception-weights PTH] ID... | all
+--no-text leaves the CLIP text towers out (the ViT-L-14 one is about 0.5 GB).
+
+Usage: export_models.py [--out DIR] [--untrained] [--seed N] [--inception-weights PTH] [--no-text]
+                        ID... | all
 """
 import argparse
 import os
@@ -26,7 +31,11 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 from gapmeter_models.export import export  # noqa: E402
+from gapmeter_models.text import export_clip_text  # noqa: E402
 from gapmeter_models.zoo import BUILDERS  # noqa: E402
+
+# The open_clip architecture of each CLIP extractor, whose text tower is exported beside it.
+CLIP_TEXT_TOWERS = {"clip-vit-b32": "ViT-B-32", "clip-vit-l14": "ViT-L-14"}
 
 
 def main():
@@ -39,6 +48,8 @@ def main():
                    help="seeded random weights, no download (for tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--no-text", action="store_true",
+                   help="do not export the CLIP extractors' text towers")
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ids = list(BUILDERS) if "all" in args.ids else args.ids
@@ -53,6 +64,12 @@ def main():
         pt = export(model, example, out, manifests[0], extra=manifests[1:])
         for m in manifests:
             print(f"export_models: wrote {out / (m['id'] + '.toml')} -> {pt.name}", file=sys.stderr)
+        if model_id in CLIP_TEXT_TOWERS and not args.no_text:
+            ids = [m["id"] for m in manifests]
+            text_pt = export_clip_text(CLIP_TEXT_TOWERS[model_id], not args.untrained, args.seed,
+                                       out, ids)
+            print(f"export_models: wrote {out / text_pt.name} ([text_encoder] of "
+                  f"{', '.join(ids)})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod reduce;
 pub mod score;
 pub mod store;
 pub mod util;

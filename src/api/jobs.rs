@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState, Principal, Problem};
-use crate::jobs::{self, JobSpec, MatrixRequest, ScoreRequest, Work};
+use crate::jobs::{self, AnalysisRequest, JobSpec, MatrixRequest, ScoreRequest, Work};
 use crate::score::MetricName;
 use crate::store::{
     self, CacheScope, CancelOutcome, DatasetId, DatasetKind, DatasetStatus, Enqueued, Failure,
@@ -157,6 +157,24 @@ pub async fn create_matrix(
     submit(&state, team, spec, &manifest, key, defaulted).await
 }
 
+/// `POST /v1/analyses`: an analysis (`gapmeter measure`, `reduce`, `explain`) as a job; its
+/// result has the shape of the CLI's JSON report.
+#[utoipa::path(post, path = "/v1/analyses", tag = "jobs", request_body = AnalysisRequest,
+    params(IdempotencyHeader),
+    responses((status = 202, body = JobResource, headers(("Location" = String, description = "the job"))), (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 403, body = super::Problem, content_type = "application/problem+json"), (status = 415, body = super::Problem, content_type = "application/problem+json"), (status = 409, body = super::Problem, content_type = "application/problem+json"), (status = 422, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json", description = "over the team's active-jobs quota (Retry-After) or the key's rate limit")),
+    security(("bearer" = [])))]
+pub async fn create_analysis(
+    State(state): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AnalysisRequest>,
+) -> Result<(StatusCode, HeaderMap, Json<JobResource>), ApiError> {
+    let team = who.team(Scope::Write)?;
+    let key = idempotency_key(&headers)?;
+    let (spec, manifest) = JobSpec::analysis(body, &state.registry())?;
+    submit(&state, team, spec, &manifest, key, false).await
+}
+
 #[tracing::instrument(skip(state, spec, manifest))]
 /// `metrics_defaulted`: the request named no metrics, so a statistics dataset among its sets
 /// narrows them to what it can answer, FID (as `gapmeter score` does for an `.npz` argument);
@@ -253,6 +271,14 @@ async fn submit(
 /// A statistics dataset answers FID with an extractor it has statistics for, and nothing that
 /// needs its samples.
 fn statistics_only(spec: &JobSpec, ds: &store::Dataset) -> Result<(), ApiError> {
+    if let Some(a) = &spec.analysis {
+        return Err(ApiError::Unprocessable(format!(
+            "dataset {:?} ({}) holds only statistics (mu, sigma): {} needs its images",
+            ds.name,
+            ds.id,
+            a.name()
+        )));
+    }
     if let Some(m) = spec.metrics.iter().find(|m| **m != MetricName::Fid) {
         return Err(ApiError::Unprocessable(format!(
             "dataset {:?} ({}) holds only statistics (mu, sigma): FID is the only metric it can \

@@ -112,7 +112,7 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
         health::healthz, health::readyz, telemetry::metrics,
         teams::create_team, teams::create_key, teams::revoke_key, teams::set_quotas, teams::my_quotas,
         datasets::create, datasets::list, datasets::get, datasets::images, datasets::upload, datasets::delete, datasets::statistics, datasets::register_statistics, datasets::thumbnail,
-        jobs::create, jobs::create_matrix, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
+        jobs::create, jobs::create_matrix, jobs::create_analysis, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::extractors,
     ),
     components(schemas(
         Problem, health::Health, health::Readiness,
@@ -123,6 +123,9 @@ const JSON_BODY_LIMIT: usize = 1 << 20;
         jobs::JobPage, jobs::JobResource, jobs::ExtractorSummary, crate::store::Job, crate::store::JobKind, crate::store::JobStatus, crate::store::Progress, crate::store::Timings, crate::store::JobEvent,
         crate::jobs::ScoreRequest, crate::jobs::MatrixRequest, crate::jobs::Parameters, crate::jobs::KidOptions, crate::jobs::IsOptions,
         crate::jobs::MmdOptions, crate::jobs::PrdcOptions, crate::jobs::Bootstrap, crate::jobs::SymmetricMetric, crate::score::MetricName,
+        crate::jobs::AnalysisRequest, crate::reduce::Analysis, crate::reduce::SelectiveStyleParams, crate::reduce::PadOptions, crate::reduce::SelectParams,
+        crate::reduce::SelectObjective, crate::reduce::TransformSearchParams, crate::reduce::Objective, crate::reduce::SufficiencyParams,
+        crate::reduce::SufficiencyMetric, crate::reduce::ExplainParams, crate::imaging::Photometric, crate::imaging::Knob,
     )),
     modifiers(&BearerAuth),
     tags((name = "datasets"), (name = "jobs"), (name = "admin"), (name = "operations")),
@@ -185,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/matrix", post(jobs::create_matrix))
+        .route("/analyses", post(jobs::create_analysis))
         .route("/extractors", get(jobs::extractors));
     Router::new()
         .nest("/v1", v1)

@@ -2,6 +2,7 @@
 
 mod client;
 mod models;
+mod reduce;
 mod score;
 mod service;
 
@@ -47,6 +48,15 @@ pub enum Command {
     /// List and inspect feature extractors.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Learned measures of the gap: the selective style gap, the Proxy-A distance.
+    #[command(subcommand)]
+    Measure(reduce::MeasureCommand),
+    /// Reduce the gap: choose a subset, search transforms, judge a few-shot sample's size.
+    #[command(subcommand)]
+    Reduce(reduce::ReduceCommand),
+    /// Say what the gap is in words: the gap projected onto text directions (an extractor with a
+    /// text encoder, such as CLIP).
+    Explain(reduce::ExplainArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to an exit status.
@@ -66,6 +76,9 @@ pub fn main() -> ExitCode {
         Command::Admin(cmd) => service::admin(cmd),
         Command::Client(args) => client::run(args),
         Command::Models(cmd) => models::run(cmd),
+        Command::Measure(cmd) => reduce::run_measure(cmd),
+        Command::Reduce(cmd) => reduce::run_reduce(cmd),
+        Command::Explain(args) => reduce::run_explain(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,7 +100,7 @@ pub struct ExtractionArgs {
 
 impl ExtractionArgs {
     /// Score options with these extraction settings and default metric parameters.
-    fn options(&self) -> ScoreOptions {
+    pub(super) fn options(&self) -> ScoreOptions {
         let models_dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
         ScoreOptions {
             extractor: self.extractor.clone(),
@@ -237,7 +237,7 @@ impl CommonArgs {
     }
 }
 
-fn print(
+pub(super) fn print(
     format: Format,
     json: impl serde::Serialize,
     table: impl FnOnce() -> String,

@@ -71,9 +71,37 @@ pub struct Manifest {
     pub seed: Option<i64>,
     #[serde(default)]
     pub generator: Option<String>,
+    /// The text tower that embeds prompts in the same space as `features` (CLIP-like models),
+    /// for explaining a gap in words; absent for image-only extractors. Left out when absent so
+    /// that existing manifests keep their [`Self::cache_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<TextEncoderSpec>,
     /// Where the manifest was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// The manifest's `[text_encoder]` table: a TorchScript text tower next to the image model,
+/// checked by sha256 like it, and the tokenizer vocabulary it was trained with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderSpec {
+    /// TorchScript file, relative to the manifest's directory; `forward` takes int64 token ids
+    /// (N × `context_length`) and returns N × D floats (or a tuple whose first element is that).
+    pub file: String,
+    /// Lower-case hex sha256 of `file`, checked at load.
+    pub sha256: String,
+    /// Token positions per prompt the tower was trained with.
+    #[serde(default = "default_context_length")]
+    pub context_length: usize,
+    /// A CLIP BPE merges file (`.txt` or `.txt.gz`) relative to the manifest's directory; absent:
+    /// OpenAI's vocabulary, which gapmeter embeds.
+    #[serde(default)]
+    pub vocab: Option<String>,
+}
+
+fn default_context_length() -> usize {
+    77
 }
 
 fn default_resize() -> ResizeMode {
@@ -154,10 +182,27 @@ impl Manifest {
                 return Err(invalid("`std` entries must be finite and nonzero".into()));
             }
         }
-        if m.sha256.len() != 64 || !m.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        if !is_sha256_hex(&m.sha256) {
             return Err(invalid("`sha256` must be 64 hex digits".into()));
         }
         m.sha256 = m.sha256.to_ascii_lowercase();
+        if let Some(text) = &mut m.text_encoder {
+            if text.file.trim().is_empty() {
+                return Err(invalid("`text_encoder.file` is empty".into()));
+            }
+            if !is_sha256_hex(&text.sha256) {
+                return Err(invalid(
+                    "`text_encoder.sha256` must be 64 hex digits".into(),
+                ));
+            }
+            text.sha256 = text.sha256.to_ascii_lowercase();
+            if text.context_length < 2 {
+                return Err(invalid(
+                    "`text_encoder.context_length` must hold start and end of text (at least 2)"
+                        .into(),
+                ));
+            }
+        }
         Ok(m)
     }
 
@@ -196,21 +241,66 @@ impl Manifest {
 
     /// Reads the model file and checks its sha256 against the manifest.
     pub fn verified_model_bytes(&self) -> Result<Vec<u8>, ManifestError> {
-        let path = self.model_path();
-        let bytes = std::fs::read(&path).map_err(|source| ManifestError::ModelRead {
-            path: path.clone(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != self.sha256 {
-            return Err(ManifestError::Sha256Mismatch {
-                path,
-                expected: self.sha256.clone(),
-                actual,
-            });
-        }
-        Ok(bytes)
+        verified_bytes(self.model_path(), &self.sha256)
     }
+
+    /// A path the manifest gives, relative to the manifest's directory.
+    fn beside(&self, file: &str) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        }
+    }
+
+    /// The text tower's full path, if the manifest has a `[text_encoder]` table.
+    pub fn text_encoder_path(&self) -> Option<PathBuf> {
+        self.text_encoder.as_ref().map(|t| self.beside(&t.file))
+    }
+
+    /// The text tower's vocabulary file's full path; `None` when the table names none (OpenAI's
+    /// vocabulary) or there is no table.
+    pub fn text_vocab_path(&self) -> Option<PathBuf> {
+        self.text_encoder
+            .as_ref()
+            .and_then(|t| t.vocab.as_deref())
+            .map(|v| self.beside(v))
+    }
+
+    /// Reads the text tower's file and checks its sha256 against the `[text_encoder]` table, as
+    /// [`Self::verified_model_bytes`] does for the image model.
+    pub fn verified_text_encoder_bytes(&self) -> Result<Vec<u8>, ManifestError> {
+        let (Some(spec), Some(path)) = (&self.text_encoder, self.text_encoder_path()) else {
+            return Err(ManifestError::Invalid {
+                path: self.path.clone(),
+                message: format!(
+                    "extractor {:?} has no text encoder (no `[text_encoder]` table)",
+                    self.id
+                ),
+            });
+        };
+        verified_bytes(path, &spec.sha256)
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Reads `path` and checks its sha256 against `expected` (lower-case hex).
+fn verified_bytes(path: PathBuf, expected: &str) -> Result<Vec<u8>, ManifestError> {
+    let bytes = std::fs::read(&path).map_err(|source| ManifestError::ModelRead {
+        path: path.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != expected {
+        return Err(ManifestError::Sha256Mismatch {
+            path,
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -240,6 +330,44 @@ outputs = ["pool", "logits"]
     }
 
     #[test]
+    fn a_text_encoder_table_is_optional_and_resolved_beside_the_manifest() {
+        let plain = Manifest::parse(GOOD, Path::new("/models/mine.toml")).unwrap();
+        assert!(plain.text_encoder.is_none() && plain.text_encoder_path().is_none());
+        // Absent, it is not serialised: existing manifests keep their cache keys.
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("text_encoder"));
+        let err = plain.verified_text_encoder_bytes().unwrap_err().to_string();
+        assert!(
+            err.contains("/models/mine.toml") && err.contains("text_encoder"),
+            "{err}"
+        );
+
+        let text = format!(
+            "{GOOD}[text_encoder]\nfile = \"mine-text.pt\"\nsha256 = \"{}\"\n",
+            "CD".repeat(32)
+        );
+        let m = Manifest::parse(&text, Path::new("/models/mine.toml")).unwrap();
+        let t = m.text_encoder.as_ref().unwrap();
+        assert_eq!((t.context_length, t.vocab.as_deref()), (77, None));
+        assert_eq!(t.sha256, "cd".repeat(32));
+        assert_eq!(
+            m.text_encoder_path().unwrap(),
+            Path::new("/models/mine-text.pt")
+        );
+        assert!(m.text_vocab_path().is_none());
+        assert_ne!(m.cache_key(), plain.cache_key());
+
+        let with_vocab = format!("{text}context_length = 64\nvocab = \"v/bpe.txt.gz\"\n");
+        let m = Manifest::parse(&with_vocab, Path::new("/models/mine.toml")).unwrap();
+        assert_eq!(m.text_encoder.as_ref().unwrap().context_length, 64);
+        assert_eq!(
+            m.text_vocab_path().unwrap(),
+            Path::new("/models/v/bpe.txt.gz")
+        );
+    }
+
+    #[test]
     fn rejects_bad_manifests_naming_the_file() {
         for (bad, needle) in [
             (
@@ -251,6 +379,24 @@ outputs = ["pool", "logits"]
             (GOOD.replace("AB00", "zz00"), "sha256"),
             (GOOD.replace("\"0-1\"", "\"0-2\""), "0-2"),
             (format!("{GOOD}colour = 1\n"), "colour"),
+            (
+                format!("{GOOD}[text_encoder]\nfile = \"t.pt\"\nsha256 = \"12\"\n"),
+                "text_encoder.sha256",
+            ),
+            (
+                format!(
+                    "{GOOD}[text_encoder]\nfile = \"t.pt\"\nsha256 = \"{}\"\ncontext_length = 1\n",
+                    "0".repeat(64)
+                ),
+                "context_length",
+            ),
+            (
+                format!(
+                    "{GOOD}[text_encoder]\nfile = \"t.pt\"\nsha256 = \"{}\"\ntokens = 3\n",
+                    "0".repeat(64)
+                ),
+                "tokens",
+            ),
         ] {
             let err = Manifest::parse(&bad, Path::new("/m/x.toml"))
                 .unwrap_err()

@@ -6,6 +6,7 @@ mod engine;
 mod extractor;
 mod manifest;
 mod registry;
+mod text;
 
 pub use device::{DeviceSpec, Devices};
 pub use engine::{
@@ -13,5 +14,6 @@ pub use engine::{
     AUTO_BATCH_CPU, AUTO_BATCH_CUDA,
 };
 pub use extractor::{ExtractedBatch, Extractor, Precision};
-pub use manifest::{InputRange, InputSize, Manifest, ManifestError};
+pub use manifest::{InputRange, InputSize, Manifest, ManifestError, TextEncoderSpec};
 pub use registry::{default_models_dir, resolve_extractor, Naming, Registry, DEFAULT_EXTRACTORS};
+pub use text::{ClipTokenizer, TextEncoder, CONTEXT_LENGTH};

@@ -11,6 +11,7 @@
 
 mod jpeg;
 mod resize;
+mod transforms;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use resize::{pil_bicubic_resize, resize_plane_coefficients};
+pub use transforms::{Knob, Photometric, MAX_BLUR_SIGMA};
 
 /// How images are brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

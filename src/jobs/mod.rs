@@ -7,8 +7,8 @@ mod spec;
 mod work;
 
 pub use spec::{
-    extractor, has_output, Bootstrap, IngestSpec, Invalid, IsOptions, JobSpec, KidOptions,
-    MatrixRequest, MmdOptions, Parameters, PrdcOptions, ScoreRequest, SymmetricMetric,
+    extractor, has_output, AnalysisRequest, Bootstrap, IngestSpec, Invalid, IsOptions, JobSpec,
+    KidOptions, MatrixRequest, MmdOptions, Parameters, PrdcOptions, ScoreRequest, SymmetricMetric,
 };
 pub use work::{IngestWork, Work};
 

@@ -10,8 +10,29 @@ use crate::features::{
 use crate::metrics::{
     Bandwidth, BootstrapParams, Estimator, IsParams, KidParams, MmdParams, PrdcParams,
 };
-use crate::score::{self, MetricName, MetricParams, ScoreOptions};
+use crate::reduce::Analysis;
+use crate::score::{self, MetricName, MetricParams, ScoreOptions, STYLE_OUTPUT};
 use crate::store::{DatasetId, JobKind};
+
+/// `POST /v1/analyses`: one of the analyses of `gapmeter measure`, `gapmeter reduce` and
+/// `gapmeter explain` between `source` and `target`, as a job.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRequest {
+    /// The source (for `select`: the pool to choose from).
+    pub source: DatasetId,
+    pub target: DatasetId,
+    /// A registered extractor id; default as for a score. `explain` needs one with a text
+    /// encoder, `selective_style` one with an `early` output.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    pub extractor: Option<String>,
+    /// The analysis and its options, e.g. `{"select": {"k": 50}}`; options left out take
+    /// their defaults (docs/reduce.md).
+    pub analysis: Analysis,
+    #[serde(default)]
+    pub precision: Precision,
+}
 
 /// `POST /v1/jobs`: score `source` against `target`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -231,6 +252,10 @@ pub struct JobSpec {
     /// Left out at float32, so specs (and their result keys) from before it existed are unchanged.
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]
     pub precision: Precision,
+    /// An analysis job's own options (its kind names it); absent for scores and matrices, so
+    /// their specs and result keys are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 /// A request that cannot run; the message says why.
@@ -256,8 +281,51 @@ impl JobSpec {
             bootstrap: req.bootstrap,
             infinity_points: req.infinity_points,
             precision: req.precision,
+            analysis: None,
         };
         spec.validate()?;
+        Ok((spec, manifest))
+    }
+
+    /// Validates an analysis request against the extractor it needs; also returns the
+    /// extractor's manifest.
+    pub fn analysis(
+        req: AnalysisRequest,
+        registry: &Registry,
+    ) -> Result<(Self, Manifest), Invalid> {
+        let manifest = extractor(req.extractor.as_deref(), registry)?;
+        req.analysis
+            .validate()
+            .map_err(|e| invalid(format!("analysis.{}: {e}", req.analysis.name())))?;
+        if req.analysis.needs_style_output() && !has_output(&manifest, STYLE_OUTPUT) {
+            return Err(invalid(format!(
+                "{} needs an extractor with an output named {STYLE_OUTPUT:?}; {:?} has {:?}",
+                req.analysis.name(),
+                manifest.id,
+                manifest.outputs
+            )));
+        }
+        if req.analysis.needs_text_encoder() && manifest.text_encoder.is_none() {
+            return Err(invalid(format!(
+                "{} needs an extractor with a text encoder (a CLIP model exported by scripts/export_models.py); {:?} has none",
+                req.analysis.name(),
+                manifest.id
+            )));
+        }
+        let kind = JobKind::parse(req.analysis.name())
+            .ok_or_else(|| invalid(format!("no job kind for {}", req.analysis.name())))?;
+        let spec = Self {
+            kind,
+            datasets: vec![req.source, req.target],
+            extractor: manifest.id.clone(),
+            metrics: Vec::new(),
+            parameters: Parameters::default(),
+            top_k: None,
+            bootstrap: None,
+            infinity_points: None,
+            precision: req.precision,
+            analysis: Some(req.analysis),
+        };
         Ok((spec, manifest))
     }
 
@@ -283,6 +351,7 @@ impl JobSpec {
             bootstrap: req.bootstrap,
             infinity_points: None,
             precision: req.precision,
+            analysis: None,
         };
         spec.validate()?;
         Ok((spec, manifest))

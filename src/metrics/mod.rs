@@ -13,10 +13,13 @@ mod inception_score;
 mod kid;
 mod linalg;
 mod mmd;
+mod pad;
 mod per_image;
+mod power_law;
 mod prdc;
 mod resampling;
 pub mod rng;
+mod selection;
 mod stats;
 mod style;
 mod ustat;
@@ -27,12 +30,20 @@ pub use fid::{fid_from_features, fid_from_gaussians, Fid};
 pub use inception_score::{inception_score, InceptionScore, IsParams};
 pub use kid::{kid, kid_resampled, kid_with, Kid, KidKernels, KidParams};
 pub use mmd::{cmmd, median_bandwidth, mmd, mmd_resampled, Bandwidth, Estimator, Mmd, MmdParams};
+pub use pad::{
+    fold_assignment, logistic_regression, proxy_a_distance, proxy_a_distance_with_folds, Pad,
+    PadFold, PadParams,
+};
 pub use per_image::{per_image_gap, ImageGap};
+pub use power_law::PowerLaw;
 pub use prdc::{prdc, Prdc, PrdcParams};
 pub use resampling::{
     distinct_origin_pairs, extrapolation_sizes, fid_infinity_start, fit_inverse_n, normal_quantile,
     resample_with_replacement, sizes_between, subsample_fit, BootstrapParams, Extrapolation,
     Interval, SubsampleFit, Target, FIT_REPETITIONS, JACKKNIFE_GROUPS,
+};
+pub use selection::{
+    greedy_fid_selection, greedy_mmd_selection, random_subsets, SelectionObjective,
 };
 pub use stats::{FeatureStats, Gaussian};
 pub use style::{image_covariances, per_image_style_distance, style_gap, StyleGap, StyleSet};

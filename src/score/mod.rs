@@ -453,7 +453,18 @@ pub fn extract(dir: &std::path::Path, opts: &ScoreOptions) -> anyhow::Result<Ext
     extract_folder(dir, &engine, &extract)
 }
 
-fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Engine> {
+/// Loads inputs as `gapmeter score` does (one extractor for every folder, content features
+/// only), for the analyses that work on features (`crate::reduce`).
+pub fn load_inputs(
+    inputs: &[&str],
+    opts: &ScoreOptions,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(Option<Engine>, Vec<LoadedSet>)> {
+    load_sets(inputs, &[], opts, warnings)
+}
+
+/// The extraction engine `gapmeter score` would use with `opts`.
+pub fn load_extractor(opts: &ScoreOptions) -> anyhow::Result<Engine> {
     let devices = opts.devices.resolve()?;
     let manifest = resolve_extractor(opts.extractor.as_deref(), &opts.registry, Naming::IdOrPath)?;
     Engine::load_in(manifest, &devices, opts.precision)

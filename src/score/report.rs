@@ -93,6 +93,11 @@ pub struct ExtractorInfo {
 }
 
 impl ExtractorInfo {
+    /// For a loaded engine: its devices and the batch size they resolve to.
+    pub fn for_engine(x: &Engine, opts: &ScoreOptions) -> Self {
+        Self::new(x, opts)
+    }
+
     pub(super) fn new(x: &Engine, opts: &ScoreOptions) -> Self {
         let devices = x.devices();
         Self {

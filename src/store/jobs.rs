@@ -31,7 +31,7 @@ pub enum JobStatus {
 
 /// What a job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Metrics between a source and a target dataset.
     Score,
@@ -39,6 +39,18 @@ pub enum JobKind {
     Matrix,
     /// Fill a dataset from its URI.
     Ingest,
+    /// The learned selective style gap (an analysis, `crate::reduce`).
+    SelectiveStyle,
+    /// The Proxy-A distance (an analysis).
+    Pad,
+    /// Subset selection (an analysis).
+    Select,
+    /// Transform search (an analysis).
+    Transforms,
+    /// Few-shot sufficiency (an analysis).
+    Sufficiency,
+    /// The gap in words (an analysis).
+    Explain,
 }
 
 impl JobKind {
@@ -47,13 +59,29 @@ impl JobKind {
             JobKind::Score => "score",
             JobKind::Matrix => "matrix",
             JobKind::Ingest => "ingest",
+            JobKind::SelectiveStyle => "selective_style",
+            JobKind::Pad => "pad",
+            JobKind::Select => "select",
+            JobKind::Transforms => "transforms",
+            JobKind::Sufficiency => "sufficiency",
+            JobKind::Explain => "explain",
         }
     }
 
+    pub const ALL: [JobKind; 9] = [
+        JobKind::Score,
+        JobKind::Matrix,
+        JobKind::Ingest,
+        JobKind::SelectiveStyle,
+        JobKind::Pad,
+        JobKind::Select,
+        JobKind::Transforms,
+        JobKind::Sufficiency,
+        JobKind::Explain,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [JobKind::Score, JobKind::Matrix, JobKind::Ingest]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

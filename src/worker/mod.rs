@@ -314,7 +314,7 @@ impl Worker {
                     ingest::run(&self.pool, &self.blobs, &self.options, &job, &control).await;
                 (result, serde_json::to_value(work).unwrap_or_default())
             }
-            JobKind::Score | JobKind::Matrix => {
+            _ => {
                 let ctx = run::JobContext {
                     pool: self.pool.clone(),
                     blobs: self.blobs.clone(),

@@ -12,9 +12,11 @@ use super::plan::{self, StatsPlan};
 use super::{Control, JobError, Models, WorkerOptions};
 use crate::features::{
     Chunk, Devices, ExtractedBatch, Manifest, Precision, PrepareError, Registry, RunOptions,
+    TextEncoder,
 };
 use crate::jobs::{self, has_output, JobKind, JobSpec, Work};
 use crate::metrics::{FeatureStats, Features, StyleSet};
+use crate::reduce::{self, Analysis, ImageSet};
 use crate::score::{
     self, load_one, ExtractorInfo, LoadedSet, MetricName, SetData, SetProvenance, Skipped,
     LOGITS_OUTPUT, STYLE_OUTPUT,
@@ -104,7 +106,6 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         }
     }
     let snaps = snapshots(ctx, &spec)?;
-    let extractor_key = manifest.features_key(spec.precision);
     let contents: Vec<String> = snaps
         .iter()
         .map(|s| s.content_hash.clone().unwrap_or_default())
@@ -122,6 +123,20 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         return Ok(hit);
     }
     ctx.control.check()?;
+    if let Some(analysis) = &spec.analysis {
+        let value = run_analysis(ctx, &spec, analysis, &manifest, &snaps, work)?;
+        if let Err(e) = ctx.runtime.block_on(store::store_result(
+            &ctx.pool,
+            scope,
+            &key,
+            &spec.datasets,
+            &contents,
+            &value,
+        )) {
+            tracing::warn!(error = %e, "could not cache the result");
+        }
+        return Ok(value);
+    }
 
     let mut opts = spec.score_options(
         ctx.registry.clone(),
@@ -131,7 +146,6 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     opts.interrupt = Some(ctx.control.interrupt());
     let mut warnings = Vec::new();
     score::extractor_warnings(&manifest, &spec.metrics, &mut warnings);
-    let feature_tap = manifest.feature_output().to_string();
     let all_roles = roles(&spec);
     // Registered statistics stand in for their (imageless) datasets; the other sets are read
     // from their images as usual, and the two are put back in the spec's order at the end.
@@ -160,35 +174,20 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
         None => {
             let want_logits = spec.metrics.contains(&MetricName::Is);
             let want_style = spec.metrics.contains(&MetricName::Style);
-            let mut rows = gather(
+            feature_sets(
                 ctx,
                 &manifest,
                 spec.precision,
                 &snaps,
-                want_logits,
-                want_style,
-                work,
-                &mut warnings,
-            )?;
-            // Each image's rows move into the set at its last occurrence (copies elsewhere), so
-            // the rows and the matrices are not both held in full.
-            let last_use = plan::last_uses(&snaps);
-            let mut sets = Vec::with_capacity(snaps.len());
-            for (i, (snap, role)) in snaps.iter().zip(&roles).enumerate() {
-                let set = loaded_set(
-                    snap,
-                    role,
-                    &mut rows,
-                    |h, j| last_use.get(h) == Some(&(i, j)),
+                &roles,
+                (
                     want_logits,
                     want_style,
-                )?;
-                if spec.metrics.contains(&MetricName::Fid) {
-                    remember_statistics(ctx, snap, &extractor_key, &feature_tap, &set);
-                }
-                sets.push(set);
-            }
-            sets
+                    spec.metrics.contains(&MetricName::Fid),
+                ),
+                work,
+                &mut warnings,
+            )?
         }
     };
     let mut image_sets = image_sets.into_iter();
@@ -218,7 +217,12 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
                 .map_err(|e| stopped_or(ctx, e))?;
             serde_json::to_value(report)
         }
-        JobKind::Ingest => return Err(fatal(anyhow!("an ingest job has no metrics to compute"))),
+        _ => {
+            return Err(fatal(anyhow!(
+                "a {} job has no metrics to compute",
+                spec.kind
+            )))
+        }
     }
     .map_err(fatal)?;
     ctx.progress("metrics", 1, 1)?;
@@ -235,6 +239,154 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     Ok(value)
 }
 
+/// Every image's outputs (cached, or extracted now) as one set per snapshot, in the snapshots'
+/// order; `(logits, style, fid)`: which outputs to keep, and whether to checkpoint each set's
+/// statistics for later FID-only jobs.
+#[allow(clippy::too_many_arguments)]
+fn feature_sets(
+    ctx: &JobContext,
+    manifest: &Manifest,
+    precision: Precision,
+    snaps: &[Snapshot],
+    roles: &[String],
+    (want_logits, want_style, fid): (bool, bool, bool),
+    work: &mut Work,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<LoadedSet>, JobError> {
+    let extractor_key = manifest.features_key(precision);
+    let feature_tap = manifest.feature_output().to_string();
+    let mut rows = gather(
+        ctx,
+        manifest,
+        precision,
+        snaps,
+        want_logits,
+        want_style,
+        work,
+        warnings,
+    )?;
+    // Each image's rows move into the set at its last occurrence (copies elsewhere), so
+    // the rows and the matrices are not both held in full.
+    let last_use = plan::last_uses(snaps);
+    let mut sets = Vec::with_capacity(snaps.len());
+    for (i, (snap, role)) in snaps.iter().zip(roles).enumerate() {
+        let set = loaded_set(
+            snap,
+            role,
+            &mut rows,
+            |h, j| last_use.get(h) == Some(&(i, j)),
+            want_logits,
+            want_style,
+        )?;
+        if fid {
+            remember_statistics(ctx, snap, &extractor_key, &feature_tap, &set);
+        }
+        sets.push(set);
+    }
+    Ok(sets)
+}
+
+/// An analysis job (`crate::reduce`): the feature-based ones on the datasets' cached (or newly
+/// extracted and cached) features, the pixel-based ones on the same seeded image samples
+/// `gapmeter measure` / `reduce` decodes from a folder, read from the blob store.
+fn run_analysis(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    analysis: &Analysis,
+    manifest: &Manifest,
+    snaps: &[Snapshot],
+    work: &mut Work,
+) -> Result<Value, JobError> {
+    if let Some(s) = snaps.iter().find(|s| s.kind == DatasetKind::Statistics) {
+        return Err(fatal(anyhow!(
+            "dataset {:?} holds only statistics: {} needs its images",
+            s.name,
+            analysis.name()
+        )));
+    }
+    if snaps.len() != 2 {
+        return Err(fatal(anyhow!("an analysis compares two datasets")));
+    }
+    let opts = spec.score_options(
+        ctx.registry.clone(),
+        Devices::List(ctx.models.devices().to_vec()),
+        ctx.options.batch_size,
+    );
+    let mut warnings = Vec::new();
+    score::extractor_warnings(manifest, &[], &mut warnings);
+    let batch = ctx.options.batch_size.resolve(ctx.models.devices());
+    let report = if let Some(limits) = analysis.image_limits() {
+        let engine = ctx.models.get(manifest, spec.precision).map_err(retry)?;
+        work.model_loaded = true;
+        let seed = analysis.seed();
+        let mut sets = Vec::with_capacity(2);
+        for (i, (snap, (role, limit))) in snaps
+            .iter()
+            .zip([("source", limits.source), ("target", limits.target)])
+            .enumerate()
+        {
+            let idx = reduce::sample_indices(snap.images.len(), limit, seed.wrapping_add(i as u32));
+            let mut items = Vec::with_capacity(idx.len());
+            for (done, &j) in idx.iter().enumerate() {
+                ctx.progress("reading", done, idx.len())?;
+                let m = &snap.images[j];
+                let bytes = ctx
+                    .runtime
+                    .block_on(ctx.blobs.get(&m.hash))
+                    .map_err(|e| retry(e.context("reading images from the blob store")))?;
+                items.push((m.path.clone(), bytes.to_vec()));
+            }
+            let prov = provenance(snap, Some(snap.images.len()), Vec::new());
+            sets.push(ImageSet::decode(role, prov, items).map_err(fatal)?);
+        }
+        ctx.progress("analysing", 0, 1)?;
+        let info = ExtractorInfo::from_manifest(manifest, engine.feature_dim(), &opts);
+        reduce::run_on_images(
+            analysis,
+            &engine,
+            &sets[0],
+            &sets[1],
+            batch,
+            Some(info),
+            warnings,
+        )
+        .map_err(|e| stopped_or(ctx, e))?
+    } else {
+        let roles = ["source".to_string(), "target".to_string()];
+        let sets = feature_sets(
+            ctx,
+            manifest,
+            spec.precision,
+            snaps,
+            &roles,
+            (false, false, false),
+            work,
+            &mut warnings,
+        )?;
+        let text = if analysis.needs_text_encoder() {
+            Some(TextEncoder::load(manifest, tch::Device::Cpu).map_err(fatal)?)
+        } else {
+            None
+        };
+        ctx.progress("analysing", 0, 1)?;
+        let info = ExtractorInfo::from_manifest(manifest, sets[0].dim(), &opts);
+        for set in &sets {
+            warnings.extend(set.warnings.iter().cloned());
+        }
+        reduce::run_on_features(
+            analysis,
+            &sets[0],
+            &sets[1],
+            text.as_ref(),
+            Some(info),
+            warnings,
+        )
+        .map_err(|e| stopped_or(ctx, e))?
+    };
+    ctx.progress("analysing", 1, 1)?;
+    serde_json::to_value(report).map_err(fatal)
+}
+
 /// A metric error, unless the metrics stopped because the job was told to (cancel, lease lost,
 /// shutdown): then that reason.
 fn stopped_or(ctx: &JobContext, e: anyhow::Error) -> JobError {
@@ -247,7 +399,7 @@ fn stopped_or(ctx: &JobContext, e: anyhow::Error) -> JobError {
 fn roles(spec: &JobSpec) -> Vec<String> {
     match spec.kind {
         JobKind::Score => vec!["source".into(), "target".into()],
-        JobKind::Matrix | JobKind::Ingest => (1..=spec.datasets.len())
+        _ => (1..=spec.datasets.len())
             .map(|i| format!("set {i}"))
             .collect(),
     }

@@ -42,6 +42,12 @@ pub async fn spawn_jobs(pool: PgPool, extra: &[(&str, &str)], worker: bool) -> T
     spawn_app(pool, &all, gapmeter::features::default_models_dir(), worker).await
 }
 
+/// As [`spawn_jobs`] with a worker, reading extractors from `models` instead of the default
+/// models directory.
+pub async fn spawn_with_models(pool: PgPool, models: PathBuf) -> TestApp {
+    spawn_app(pool, FAST_QUEUE, models, true).await
+}
+
 /// As [`spawn_jobs`], with `file://` dataset URIs allowed under `root`.
 pub async fn spawn_with_root(pool: PgPool, root: &Path, worker: bool) -> TestApp {
     let roots = format!("[\"{}\"]", root.display());

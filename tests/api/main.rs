@@ -1,4 +1,5 @@
 //! The HTTP API end to end: a real server on a random port, a real PostgreSQL database per test.
+mod analyses;
 mod client;
 mod dashboard;
 mod helpers;

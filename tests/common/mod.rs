@@ -79,3 +79,4 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+pub mod scenes;

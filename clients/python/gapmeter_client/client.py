@@ -216,6 +216,23 @@ class Client:
         job = self._submit("/v1/matrix", body, idempotency_key)
         return self.wait(job["id"], progress=progress, timeout=timeout)["result"] if wait else job
 
+    def analyse(self, analysis: str, source: str, target: str, *,
+                extractor: Optional[str] = None, precision: Optional[str] = None,
+                idempotency_key: Optional[str] = None, wait: bool = True,
+                progress: bool = True, timeout: Optional[float] = None,
+                **options: Any) -> Dict[str, Any]:
+        """Runs an analysis as a job: `selective_style`, `pad`, `select` (source = the pool;
+        `k=` required), `transforms`, `sufficiency` or `explain` (an extractor with a text
+        encoder). Keyword options are the analysis' own (docs/reduce.md), e.g.
+        `analyse("select", "pool", "target", k=50)`. Returns the JSON report the CLI prints
+        (`gapmeter reduce select ... --format json`)."""
+        body: Dict[str, Any] = {"source": self.dataset_id(source),
+                                "target": self.dataset_id(target),
+                                "analysis": {analysis: options}}
+        _options(body, extractor=extractor, precision=precision)
+        job = self._submit("/v1/analyses", body, idempotency_key)
+        return self.wait(job["id"], progress=progress, timeout=timeout)["result"] if wait else job
+
     def _submit(self, path: str, body: Dict[str, Any], key: Optional[str]) -> Dict[str, Any]:
         headers = {"Idempotency-Key": key} if key else {}
         return self._json("POST", path, json=body, headers=headers)
