@@ -59,6 +59,9 @@ fn selective_style_gap_tells_a_photometric_change_from_a_content_change() {
     };
     let style = run(&st);
     let content = run(&ct);
+    // The figures, for the notes (`cargo test --test reduce -- --nocapture`).
+    eprintln!("style change: {}", style["summary"]);
+    eprintln!("content change: {}", content["summary"]);
     for v in [&style, &content] {
         assert_eq!(v["analysis"], "selective_style");
         let sensitive = v["result"]["mask"]["sensitive"].as_array().unwrap().len();
@@ -124,6 +127,7 @@ fn pad_is_about_zero_on_halves_of_one_set_and_about_two_on_separable_sets() {
         ])
     };
     let same = pad("a.npy", "b.npy");
+    eprintln!("halves: {}", same["summary"]);
     let p = num(&same, "result.pad");
     assert!(p.abs() < 0.4, "halves of one set: PAD {p}");
     assert_eq!(same["result"]["folds"].as_array().unwrap().len(), 5);
@@ -131,6 +135,7 @@ fn pad_is_about_zero_on_halves_of_one_set_and_about_two_on_separable_sets() {
     let high = num(&same, "result.interval.high");
     assert!(low <= p && p <= high);
     let apart = pad("a.npy", "far.npy");
+    eprintln!("separable: {}", apart["summary"]);
     let p = num(&apart, "result.pad");
     assert!(p > 1.9, "separable sets: PAD {p}");
     assert!(apart["summary"].as_str().unwrap().contains("separable"));
@@ -173,6 +178,7 @@ fn selection_beats_random_subsets_and_picks_in_domain_images() {
             "--no-progress",
         ]);
         let r = &v["result"];
+        eprintln!("{objective}: {}", v["summary"]);
         let chosen = r["chosen"].as_array().unwrap();
         assert_eq!(chosen.len(), 20);
         let in_count = chosen
@@ -226,6 +232,10 @@ fn transform_search_recovers_gamma_and_blur() {
         "--no-progress",
     ]);
     let r = &v["result"];
+    eprintln!(
+        "transforms: {} ({} evaluations)",
+        v["summary"], r["evaluations"]
+    );
     let gamma = num(r, "best.gamma");
     let sigma = num(r, "best.blur_sigma");
     assert!(
@@ -276,6 +286,7 @@ fn sufficiency_intervals_narrow_with_n_and_the_needed_n_is_reported() {
         "--no-progress",
     ]);
     let r = &v["result"];
+    eprintln!("sufficiency: {}", v["summary"]);
     let rows = r["sizes"].as_array().unwrap();
     assert!(rows.len() >= 4);
     let widths: Vec<f64> = rows
@@ -354,6 +365,7 @@ fn explain_ranks_the_planted_direction_first_with_a_significant_test() {
         "json",
         "--no-progress",
     ]);
+    eprintln!("explain: {}", v["summary"]);
     let dirs = v["result"]["directions"].as_array().unwrap();
     assert_eq!(
         dirs.len(),

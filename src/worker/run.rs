@@ -125,16 +125,7 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     ctx.control.check()?;
     if let Some(analysis) = &spec.analysis {
         let value = run_analysis(ctx, &spec, analysis, &manifest, &snaps, work)?;
-        if let Err(e) = ctx.runtime.block_on(store::store_result(
-            &ctx.pool,
-            scope,
-            &key,
-            &spec.datasets,
-            &contents,
-            &value,
-        )) {
-            tracing::warn!(error = %e, "could not cache the result");
-        }
+        cache_result(ctx, scope, &key, &spec, &contents, &value);
         return Ok(value);
     }
 
@@ -226,17 +217,29 @@ pub(crate) fn run(ctx: &JobContext, spec: Value, work: &mut Work) -> Result<Valu
     }
     .map_err(fatal)?;
     ctx.progress("metrics", 1, 1)?;
+    cache_result(ctx, scope, &key, &spec, &contents, &value);
+    Ok(value)
+}
+
+/// Keeps a result for the next identical request; a failure costs only a recomputation later.
+fn cache_result(
+    ctx: &JobContext,
+    scope: CacheScope,
+    key: &str,
+    spec: &JobSpec,
+    contents: &[&str],
+    value: &Value,
+) {
     if let Err(e) = ctx.runtime.block_on(store::store_result(
         &ctx.pool,
         scope,
-        &key,
+        key,
         &spec.datasets,
-        &contents,
-        &value,
+        contents,
+        value,
     )) {
         tracing::warn!(error = %e, "could not cache the result");
     }
-    Ok(value)
 }
 
 /// Every image's outputs (cached, or extracted now) as one set per snapshot, in the snapshots'

@@ -32,6 +32,7 @@ REQUEST_FIELDS: Dict[str, frozenset] = {
     "MatrixRequest": frozenset(
         {"datasets", "extractor", "metrics", "parameters", "bootstrap", "precision"}
     ),
+    "AnalysisRequest": frozenset({"source", "target", "extractor", "analysis", "precision"}),
 }
 
 

@@ -115,6 +115,19 @@ def test_errors_are_problems_with_their_type(gm, datasets):
     assert issubclass(JobFailed, ProblemError)
 
 
+def test_an_analysis_returns_the_cli_report(gm, datasets):
+    a, b = datasets
+    report = gm.analyse("select", a["name"], b["name"], extractor="tiny-cnn", k=8,
+                        random_draws=5, progress=False)
+    assert report["analysis"] == "select"
+    assert len(report["result"]["chosen"]) == 8
+    assert report["parameters"]["k"] == 8 and report["parameters"]["random_draws"] == 5
+    assert "chose 8 of" in report["summary"]
+    with pytest.raises(ProblemError) as e:
+        gm.analyse("select", a["name"], b["name"], extractor="tiny-cnn", k=1, progress=False)
+    assert e.value.status in (400, 422) and "k must be at least 2" in str(e.value)
+
+
 def test_a_bad_key_is_a_401_problem():
     with Client(os.environ["GAPMETER_URL"], "gm_not_a_key") as bad:
         with pytest.raises(ProblemError) as e:
@@ -130,7 +143,7 @@ def test_the_client_sends_every_request_field_of_the_spec():
         assert set(schemas[name]["properties"]) == set(fields), name
     used = ["/v1/datasets", "/v1/datasets/{id}", "/v1/datasets/{id}/images",
             "/v1/datasets/{id}/statistics", "/v1/jobs", "/v1/jobs/{id}", "/v1/matrix",
-            "/v1/extractors"]
+            "/v1/analyses", "/v1/extractors"]
     for path in used:
         assert path in spec["paths"], path
 
