@@ -8,7 +8,7 @@
 use ndarray::{Array1, Array2, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::Spread;
+use super::{check, Interrupt, Spread};
 use crate::features::TextEncoder;
 use crate::metrics::{rng::LegacyRandomState, Features};
 
@@ -193,6 +193,7 @@ pub fn explain(
     target: &Features,
     text: &TextEncoder,
     params: &ExplainParams,
+    interrupt: Interrupt,
 ) -> anyhow::Result<Explanation> {
     params.validate().map_err(anyhow::Error::msg)?;
     let (ns, nt) = (source.nrows(), target.nrows());
@@ -250,6 +251,7 @@ pub fn explain(
     let mut boot_p = vec![Vec::with_capacity(params.bootstrap); dirs.len()];
     let mut boot_s = vec![Vec::with_capacity(params.bootstrap); dirs.len()];
     for _ in 0..params.bootstrap {
+        check(interrupt)?;
         let rs: Vec<usize> = (0..ns)
             .map(|_| rng.random_interval((ns - 1) as u64) as usize)
             .collect();
@@ -270,6 +272,7 @@ pub fn explain(
     let pooled = ndarray::concatenate(Axis(0), &[s.view(), t.view()])?;
     let mut p_values = Vec::with_capacity(dirs.len());
     for (_, u) in &dirs {
+        check(interrupt)?;
         let proj: Vec<f64> = pooled.dot(u).to_vec();
         let observed = mean_diff(&proj, &(0..ns + nt).collect::<Vec<_>>(), ns);
         let mut rng = LegacyRandomState::new(params.seed.wrapping_add(1));

@@ -13,6 +13,8 @@ mod selective;
 mod sufficiency;
 mod transforms;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 pub use explain::{builtin_directions, explain, Direction, ExplainParams, Explanation};
@@ -28,6 +30,18 @@ pub use transforms::{search, Objective, SingleTransform, TransformSearch, Transf
 use crate::features::{Engine, TextEncoder};
 use crate::metrics::{self, Features};
 use crate::score::{ExtractorInfo, LoadedSet, SetProvenance, Software};
+
+/// Raised to stop an analysis between its steps (the service's cancel, a lost lease, a
+/// shutdown); `None`: it runs to the end (the CLI).
+pub type Interrupt<'a> = Option<&'a AtomicBool>;
+
+/// Fails with "interrupted" once `interrupt` is raised.
+fn check(interrupt: Interrupt) -> anyhow::Result<()> {
+    if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
 
 /// The Proxy-A distance's options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -322,6 +336,7 @@ pub fn run_on_features(
     text: Option<&TextEncoder>,
     extractor: Option<ExtractorInfo>,
     mut warnings: Vec<String>,
+    interrupt: Interrupt,
 ) -> anyhow::Result<AnalysisReport> {
     analysis.validate().map_err(anyhow::Error::msg)?;
     let (s, t) = (
@@ -357,18 +372,18 @@ pub fn run_on_features(
             (summary, serde_json::to_value(r)?)
         }
         Analysis::Select(p) => {
-            let r = select(s, t, &source.labels, p)?;
+            let r = select(s, t, &source.labels, p, interrupt)?;
             (r.summary(), serde_json::to_value(r)?)
         }
         Analysis::Sufficiency(p) => {
-            let r = sufficiency(s, t, p, &mut warnings)?;
+            let r = sufficiency(s, t, p, &mut warnings, interrupt)?;
             (r.summary.clone(), serde_json::to_value(r)?)
         }
         Analysis::Explain(p) => {
             let text = text.ok_or_else(|| {
                 anyhow::anyhow!("explain needs an extractor with a text encoder ([text_encoder] in its manifest)")
             })?;
-            let r = explain(s, t, text, p)?;
+            let r = explain(s, t, text, p, interrupt)?;
             (r.summary.clone(), serde_json::to_value(r)?)
         }
         Analysis::SelectiveStyle(_) | Analysis::Transforms(_) => {
@@ -393,13 +408,14 @@ pub fn run_on_images(
     batch_size: usize,
     extractor: Option<ExtractorInfo>,
     mut warnings: Vec<String>,
+    interrupt: Interrupt,
 ) -> anyhow::Result<AnalysisReport> {
     analysis.validate().map_err(anyhow::Error::msg)?;
     warnings.extend(source.warnings.iter().cloned());
     warnings.extend(target.warnings.iter().cloned());
     let (summary, result) = match analysis {
         Analysis::SelectiveStyle(p) => {
-            let r = selective_style(engine, source, target, p, batch_size)?;
+            let r = selective_style(engine, source, target, p, batch_size, interrupt)?;
             let summary = format!(
                 "selective style gap {:.3e} ({:.1}× source vs itself), content gap on stable entries {:.3e} ({:.1}×), all entries {:.3e} ({:.1}×); {} of {} entries are style-sensitive",
                 r.gaps.selective_style,
@@ -414,7 +430,7 @@ pub fn run_on_images(
             (summary, serde_json::to_value(r)?)
         }
         Analysis::Transforms(p) => {
-            let r = search(engine, source, target, p, batch_size)?;
+            let r = search(engine, source, target, p, batch_size, interrupt)?;
             let summary = format!(
                 "best transform: {} — {} {:.4} → {:.4} (FID {:.3} → {:.3}); remaining gap {} sampling noise",
                 if r.torchvision.is_empty() {
@@ -483,7 +499,7 @@ pub fn run(
         )?;
         let batch = opts.batch_size.resolve(&engine.devices());
         let info = Some(ExtractorInfo::for_engine(&engine, opts));
-        return run_on_images(analysis, &engine, &s, &t, batch, info, warnings);
+        return run_on_images(analysis, &engine, &s, &t, batch, info, warnings, None);
     }
     let (engine, mut sets) = crate::score::load_inputs(&[source, target], opts, &mut warnings)?;
     let t = sets.pop().ok_or_else(|| anyhow::anyhow!("target"))?;
@@ -502,5 +518,5 @@ pub fn run(
         None
     };
     let info = engine.as_ref().map(|e| ExtractorInfo::for_engine(e, opts));
-    run_on_features(analysis, &s, &t, text.as_ref(), info, warnings)
+    run_on_features(analysis, &s, &t, text.as_ref(), info, warnings, None)
 }

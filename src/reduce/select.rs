@@ -4,7 +4,7 @@
 //! the selection bought. docs/reduce.md, "Subset selection".
 use serde::{Deserialize, Serialize};
 
-use super::{content_gaps, Gaps, Spread};
+use super::{check, content_gaps, Gaps, Interrupt, Spread};
 use crate::metrics::{self, Features};
 
 /// The objective the greedy selection minimises.
@@ -129,6 +129,7 @@ pub fn select(
     target: &Features,
     names: &[String],
     params: &SelectParams,
+    interrupt: Interrupt,
 ) -> anyhow::Result<Selection> {
     params.validate().map_err(anyhow::Error::msg)?;
     let (n, k) = (pool.nrows(), params.k);
@@ -155,6 +156,7 @@ pub fn select(
     let before = content_gaps(pool, target, params.seed)?;
     let (mut fids, mut kids) = (Vec::new(), Vec::new());
     for rows in metrics::random_subsets(n, k, params.random_draws, params.seed as u64) {
+        check(interrupt)?;
         let g = content_gaps(&pool.select_rows(&rows), target, params.seed)?;
         fids.push(g.fid);
         kids.push(g.kid);

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::images::{embed, sample_indices, ImageSet};
+use super::{check, Interrupt};
 use crate::features::Engine;
 use crate::imaging::{Photometric, RgbImage};
 use crate::metrics::{self, rng::LegacyRandomState, StyleGap, StyleSet};
@@ -245,10 +246,12 @@ pub fn selective_style(
     target: &ImageSet,
     params: &SelectiveStyleParams,
     batch_size: usize,
+    interrupt: Interrupt,
 ) -> anyhow::Result<SelectiveStyle> {
     params.validate().map_err(anyhow::Error::msg)?;
     let identity = Photometric::identity();
     let covariances = |images: &[RgbImage], transform: &Photometric, seed: u64| {
+        check(interrupt)?;
         embed(engine, images, transform, seed, true, batch_size)?
             .style
             .ok_or_else(|| anyhow::anyhow!("no style output"))

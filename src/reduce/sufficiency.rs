@@ -5,7 +5,7 @@
 //! and "how many images for ±p %". docs/reduce.md, "Few-shot sufficiency".
 use serde::{Deserialize, Serialize};
 
-use super::Spread;
+use super::{check, Interrupt, Spread};
 use crate::metrics::{self, rng::LegacyRandomState, Features, PowerLaw};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -124,6 +124,7 @@ pub fn sufficiency(
     target: &Features,
     params: &SufficiencyParams,
     warnings: &mut Vec<String>,
+    interrupt: Interrupt,
 ) -> anyhow::Result<Sufficiency> {
     params.validate().map_err(anyhow::Error::msg)?;
     let nt = target.nrows();
@@ -173,6 +174,7 @@ pub fn sufficiency(
     for &n in &sizes {
         let mut values = Vec::with_capacity(params.draws);
         for _ in 0..params.draws {
+            check(interrupt)?;
             let draw: Vec<usize> = (0..n)
                 .map(|_| rng.random_interval((nt - 1) as u64) as usize)
                 .collect();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::images::{embed, Embedded, ImageSet};
-use super::{content_gaps, Gaps, Spread};
+use super::{check, content_gaps, Gaps, Interrupt, Spread};
 use crate::features::Engine;
 use crate::imaging::{Knob, Photometric};
 use crate::metrics::rng::LegacyRandomState;
@@ -158,10 +158,12 @@ struct Search<'a> {
     seed: u32,
     batch_size: usize,
     cache: HashMap<String, f64>,
+    interrupt: Interrupt<'a>,
 }
 
 impl Search<'_> {
     fn run(&self, p: &Photometric) -> anyhow::Result<Embedded> {
+        check(self.interrupt)?;
         embed(
             self.engine,
             &self.source.images,
@@ -270,6 +272,7 @@ pub fn search(
     target: &ImageSet,
     params: &TransformSearchParams,
     batch_size: usize,
+    interrupt: Interrupt,
 ) -> anyhow::Result<TransformSearch> {
     params.validate().map_err(anyhow::Error::msg)?;
     let identity = Photometric::identity();
@@ -282,6 +285,7 @@ pub fn search(
         seed: params.seed,
         batch_size,
         cache: HashMap::new(),
+        interrupt,
     };
     let knobs = params.knobs();
 

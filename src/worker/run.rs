@@ -318,6 +318,7 @@ fn run_analysis(
     let mut warnings = Vec::new();
     score::extractor_warnings(manifest, &[], &mut warnings);
     let batch = ctx.options.batch_size.resolve(ctx.models.devices());
+    let interrupt = ctx.control.interrupt();
     let report = if let Some(limits) = analysis.image_limits() {
         let engine = ctx.models.get(manifest, spec.precision).map_err(retry)?;
         work.model_loaded = true;
@@ -352,6 +353,7 @@ fn run_analysis(
             batch,
             Some(info),
             warnings,
+            Some(&interrupt),
         )
         .map_err(|e| stopped_or(ctx, e))?
     } else {
@@ -383,6 +385,7 @@ fn run_analysis(
             text.as_ref(),
             Some(info),
             warnings,
+            Some(&interrupt),
         )
         .map_err(|e| stopped_or(ctx, e))?
     };

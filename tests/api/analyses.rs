@@ -288,3 +288,37 @@ async fn explain_runs_as_a_job_with_a_text_encoder_and_equals_the_cli(pool: PgPo
         assert_eq!(x["p_value"], y["p_value"]);
     }
 }
+
+#[sqlx::test]
+async fn cancelling_stops_a_long_transform_search_between_evaluations(pool: PgPool) {
+    let app = spawn_jobs(pool, &[], true).await;
+    let (_, key) = app.team("lab").await;
+    let imgs: Vec<_> = (0..24).map(scenes::blobs).collect();
+    let a = dataset(&app, &key, "a", scenes::png_files("a", &imgs)).await;
+    // Thousands of evaluations: far longer than the test waits.
+    let body = json!({"source": a, "target": a, "extractor": "tiny-cnn",
+        "analysis": {"transforms": {"grid": 41, "rounds": 10, "min_gain": 0.0}}});
+    let resp = app.post_json("/v1/analyses", &key, &body).await;
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&app, &key, &id, "the analysis to start", |j| {
+        j["progress"]["phase"] == "analysing"
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), &key).await.status(),
+        202
+    );
+    let done = wait_for(&app, &key, &id, "the cancel", |j| {
+        j["status"] != "running" && j["status"] != "queued"
+    })
+    .await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["result"].is_null());
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(30),
+        "a cancel waited for the search to end"
+    );
+}
