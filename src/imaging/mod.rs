@@ -53,6 +53,9 @@ pub enum ImageError {
     Empty,
     #[error("resize failed: {0}")]
     Resize(#[from] tch::TchError),
+    /// A photometric transform that cannot be applied (invalid parameters, a failed re-encode).
+    #[error("photometric transform failed: {0}")]
+    Transform(String),
 }
 
 /// An RGB image, 8 bits per channel, row-major interleaved.

@@ -115,13 +115,8 @@ impl Photometric {
     /// Invalid parameters (see [`validate`](Self::validate)) are an error, not clamped: a
     /// search must not silently measure something else than it asked for.
     pub fn apply(&self, img: &RgbImage, seed: u64) -> Result<RgbImage, ImageError> {
-        self.validate().map_err(|msg| {
-            ImageError::Decode(image::ImageError::Parameter(
-                image::error::ParameterError::from_kind(image::error::ParameterErrorKind::Generic(
-                    format!("invalid photometric transform: {msg}"),
-                )),
-            ))
-        })?;
+        self.validate()
+            .map_err(|msg| ImageError::Transform(format!("invalid parameters: {msg}")))?;
         let (w, h) = (img.width() as usize, img.height() as usize);
         if self.is_identity() || w == 0 || h == 0 {
             return Ok(img.clone());
@@ -540,11 +535,7 @@ fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
         started.write_scanlines(img.as_raw())?;
         started.finish()
     });
-    let failed = |msg: String| {
-        ImageError::Decode(image::ImageError::Encoding(
-            image::error::EncodingError::new(image::ImageFormat::Jpeg.into(), msg),
-        ))
-    };
+    let failed = |msg: String| ImageError::Transform(format!("JPEG re-encoding: {msg}"));
     match encoded {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(failed(e.to_string())),

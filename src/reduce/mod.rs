@@ -403,8 +403,7 @@ pub fn run_on_features(
 pub fn run_on_images(
     analysis: &Analysis,
     engine: &Engine,
-    source: &ImageSet,
-    target: &ImageSet,
+    [source, target]: [&ImageSet; 2],
     batch_size: usize,
     extractor: Option<ExtractorInfo>,
     mut warnings: Vec<String>,
@@ -499,7 +498,7 @@ pub fn run(
         )?;
         let batch = opts.batch_size.resolve(&engine.devices());
         let info = Some(ExtractorInfo::for_engine(&engine, opts));
-        return run_on_images(analysis, &engine, &s, &t, batch, info, warnings, None);
+        return run_on_images(analysis, &engine, [&s, &t], batch, info, warnings, None);
     }
     let (engine, mut sets) = crate::score::load_inputs(&[source, target], opts, &mut warnings)?;
     let t = sets.pop().ok_or_else(|| anyhow::anyhow!("target"))?;

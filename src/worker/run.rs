@@ -348,8 +348,7 @@ fn run_analysis(
         reduce::run_on_images(
             analysis,
             &engine,
-            &sets[0],
-            &sets[1],
+            [&sets[0], &sets[1]],
             batch,
             Some(info),
             warnings,
