@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/clip_tokenizer/open_clip_tokens.json: the token ids open_clip gives for a
 few hundred strings, which tests/tokenizer.rs compares with gapmeter's ClipTokenizer token for
-token (src/features/text.rs), and assets/html5_entities.json, the named character references
+token (src/features/text.rs), and src/features/text/html5_entities.json, the named character references
 that Python's html.unescape decodes (html.entities.html5), which ClipTokenizer's cleaning embeds.
 
 * `cases`: text, open_clip.tokenize(text)[0] without its zero padding (`tokens`, context length
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "clip_tokenizer" / "open_clip_tokens.json"
-ENTITIES = ROOT / "assets" / "html5_entities.json"
+ENTITIES = ROOT / "src" / "features" / "text" / "html5_entities.json"
 SEED = 15
 
 CONDITIONS = ["day", "night", "foggy", "rainy", "snowy", "sunny", "overcast", "dusk", "dawn",

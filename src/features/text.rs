@@ -30,7 +30,7 @@ const VOCABULARY_SIZE: u16 = 49408;
 
 /// The named character references Python's `html.unescape` knows (`html.entities.html5`: the
 /// WHATWG HTML standard's list), written by scripts/reference/make_tokenizer_fixture.py.
-const HTML5_ENTITIES_JSON: &str = include_str!("../../assets/html5_entities.json");
+const HTML5_ENTITIES_JSON: &str = include_str!("text/html5_entities.json");
 
 /// Turns prompts into the token ids a CLIP text tower was trained on, exactly as open_clip's
 /// `tokenize` does, so that a text tower exported from Python sees the same input from Rust.
@@ -201,7 +201,7 @@ impl Cleaner {
 
     fn new() -> anyhow::Result<Self> {
         let file: EntitiesFile = serde_json::from_str(HTML5_ENTITIES_JSON)
-            .context("assets/html5_entities.json is not the expected table")?;
+            .context("src/features/text/html5_entities.json is not the expected table")?;
         let mut cleaner = Cleaner {
             html5: file.entities,
             ftfy_entities: HashMap::new(),
