@@ -388,3 +388,39 @@ fn explain_ranks_the_planted_direction_first_with_a_significant_test() {
         .any(|d| d["name"] == "a photo of a cat → a photo of a dog"));
     assert!(v["summary"].as_str().unwrap().contains("day → night"));
 }
+
+#[test]
+fn every_analysis_subcommand_has_its_help_and_flags() {
+    for (cmd, flags) in [
+        (
+            &["measure", "selective-style"][..],
+            &["--mask-images", "--clusters", "--extractor"][..],
+        ),
+        (&["measure", "pad"], &["--folds", "--c", "--no-standardize"]),
+        (
+            &["reduce", "select"],
+            &["-k", "--objective", "--list", "--random-draws"],
+        ),
+        (
+            &["reduce", "transforms"],
+            &["--knobs", "--grid", "--rounds", "--export"],
+        ),
+        (
+            &["reduce", "sufficiency"],
+            &["--within", "--sizes", "--draws", "--precision"],
+        ),
+        (
+            &["explain"],
+            &["--prompt", "--no-builtin", "--permutations"],
+        ),
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = gapmeter(&args);
+        assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "{cmd:?} --help lacks {flag}");
+        }
+    }
+}
